@@ -1,0 +1,69 @@
+"""From a scenario's ``lab`` section to a lab handle, and from a run's manifest back to a platform.
+
+Every lab kind implements ``LabHandle``; ``HANDLES`` maps the scenario's ``lab.kind`` to a
+constructor. A run records ``LabHandle.describe()`` in its manifest so that pytest-xdist
+workers (and later tools) can ``attach`` to the same lab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from lab.platform import Platform
+from scenarios.model import Scenario
+
+Progress = Callable[[str], None]
+
+
+class LabHandle(Protocol):
+    kind: str
+    lab_id: str
+
+    def plan(self) -> list[str]:
+        """Every command and manifest ``up`` would run or apply, without running anything."""
+        ...
+
+    def up(self, progress: Progress = ...) -> Platform:
+        """Bring the lab up (or connect to it) and return its platform."""
+        ...
+
+    def attach(self) -> Platform:
+        """A platform handle on a lab that is already up (used by xdist workers)."""
+        ...
+
+    def down(self) -> list[str]:
+        """Remove everything the lab created; return what was removed."""
+        ...
+
+    def status(self) -> list[str]: ...
+
+
+def _qemu(scenario: Scenario, lab_id: str, persistent: bool) -> LabHandle:
+    from lab.qemu.lab import QemuLabHandle
+
+    assert scenario.lab.kind == "qemu"
+    return QemuLabHandle(scenario.lab, scenario.guest, lab_id, persistent, scenario.name)
+
+
+HandleFactory = Callable[[Scenario, str, bool], LabHandle]
+HANDLES: dict[str, HandleFactory] = {"qemu": _qemu}
+
+
+def open_lab(scenario: Scenario, lab_id: str, persistent: bool = False) -> LabHandle:
+    try:
+        factory = HANDLES[scenario.lab.kind]
+    except KeyError:
+        raise ValueError(f"lab kind {scenario.lab.kind!r} has no backend; known: {', '.join(HANDLES)}") from None
+    return factory(scenario, lab_id, persistent)
+
+
+def describe(handle: LabHandle) -> Mapping[str, Any]:
+    return {"kind": handle.kind, "lab_id": handle.lab_id}
+
+
+def leftovers_cleaners() -> list[Callable[[], list[str]]]:
+    """Functions that remove what killed runs left behind, one per lab kind that leaves things."""
+    from lab.qemu.lab import clean_leftovers
+
+    return [clean_leftovers]

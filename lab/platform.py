@@ -1,0 +1,221 @@
+"""The Platform seam: what every backend (qemu lab, KubeVirt) offers the suites.
+
+Suites import only this module. A backend declares its capabilities; a suite that needs
+one the platform lacks is skipped with that reason (see ``require``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+
+class Capability(enum.StrEnum):
+    """Features a platform may or may not offer. The report's feature-parity matrix rows."""
+
+    BOOT = "boot"
+    LIVE_MIGRATION = "live_migration"
+    POST_COPY = "post_copy"
+    AUTO_CONVERGE = "auto_converge"
+    MIGRATION_BANDWIDTH_LIMIT = "migration_bandwidth_limit"
+    MIGRATION_DOWNTIME_LIMIT = "migration_downtime_limit"
+    NODE_DRAIN = "node_drain"
+    DISK_IMPORT = "disk_import"
+    CPU_HOTPLUG = "cpu_hotplug"
+    HA_RESTART = "ha_restart"
+    HOST_METRICS = "host_metrics"
+
+
+class CapabilityMissing(Exception):
+    """Raised by ``require`` when a platform lacks what a suite needs."""
+
+
+class PlatformError(Exception):
+    """An operation on the platform failed (a VM did not start, a node is gone)."""
+
+
+class GuestUnreachable(PlatformError):
+    """A guest did not become reachable in time."""
+
+
+TimeSource = Literal["platform", "harness"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A TCP address where the harness reaches a guest service."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """What a suite asks for. Backends map it onto qemu arguments or a VirtualMachine."""
+
+    name: str
+    image: str = "micro"
+    cpus: int = 1
+    memory_mib: int = 256
+    node: str | None = None
+    disk_bus: Literal["virtio", "scsi", "sata", "ide"] = "virtio"
+    nic_model: Literal["virtio", "e1000", "vmxnet3"] = "virtio"
+    scratch_disk_mib: int = 64
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    """One point in a VM's life: a phase reached, with where the timestamp came from."""
+
+    name: str
+    timestamp: float
+    source: TimeSource
+
+
+@dataclass
+class Timeline:
+    """Ordered events of one VM, starting at the create call (``created``)."""
+
+    events: list[TimelineEvent] = field(default_factory=list)
+
+    def add(self, name: str, timestamp: float, source: TimeSource) -> TimelineEvent:
+        event = TimelineEvent(name, timestamp, source)
+        self.events.append(event)
+        return event
+
+    def get(self, name: str) -> TimelineEvent | None:
+        for event in self.events:
+            if event.name == name:
+                return event
+        return None
+
+    def since_created(self, name: str) -> float | None:
+        start, event = self.get("created"), self.get(name)
+        if start is None or event is None:
+            return None
+        return event.timestamp - start.timestamp
+
+
+@dataclass(frozen=True)
+class GuestAccess:
+    """How to log into guests of this platform: user, client key, pinned host key."""
+
+    user: str
+    private_key: Path
+    host_key: str  # "ssh-ed25519 AAAA..." as pinned at image build time
+
+
+@runtime_checkable
+class VM(Protocol):
+    """A running (or starting) guest."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def spec(self) -> VMSpec: ...
+
+    @property
+    def timeline(self) -> Timeline: ...
+
+    def ssh_endpoint(self) -> Endpoint: ...
+
+    def http_endpoint(self) -> Endpoint: ...
+
+    def console_tail(self, lines: int = 40) -> str: ...
+
+
+@runtime_checkable
+class Platform(Protocol):
+    """What suites may use. Implemented by lab.qemu.platform and lab.kubevirt."""
+
+    @property
+    def name(self) -> str:
+        """Short platform name used as the ``platform`` sample label (e.g. ``qemu``)."""
+        ...
+
+    @property
+    def accel(self) -> str:
+        """The accelerator guests run under (``kvm`` or ``tcg``), or what the platform says."""
+        ...
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    def nodes(self) -> Sequence[str]: ...
+
+    def guest_access(self, image: str) -> GuestAccess: ...
+
+    def create_vm(self, spec: VMSpec) -> VM:
+        """Start a VM. Records ``created`` before the request; returns once it was accepted."""
+        ...
+
+    def wait_running(self, vm: VM, timeout: float) -> TimelineEvent:
+        """Block until the platform says the VM runs; record and return that event."""
+        ...
+
+    def delete_vm(self, vm: VM) -> None:
+        """Stop and remove the VM and everything created for it. Idempotent."""
+        ...
+
+    def close(self) -> None:
+        """Release connections held by this handle (does not tear the lab down)."""
+        ...
+
+
+def require(platform: Platform, *needed: Capability) -> None:
+    """Raise CapabilityMissing naming what ``platform`` lacks of ``needed``."""
+    missing = [c.value for c in needed if c not in platform.capabilities]
+    if missing:
+        raise CapabilityMissing(f"platform {platform.name} lacks: {', '.join(missing)}")
+
+
+MigrationMode = Literal["precopy", "auto_converge", "postcopy"]
+
+
+@dataclass(frozen=True)
+class MigrationPolicy:
+    """How a live migration should run. Fields a platform cannot honour are capability skips."""
+
+    mode: MigrationMode = "precopy"
+    bandwidth_mibps: int | None = None
+    downtime_limit_ms: int | None = None
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What one migration did, as the platform reports it."""
+
+    vm: str
+    source: str
+    target: str
+    ok: bool
+    mode: str
+    started: float
+    finished: float
+    total_s: float
+    setup_s: float | None = None
+    downtime_ms: float | None = None
+    transferred_mib: float | None = None
+    error: str | None = None
+    time_source: TimeSource = "platform"
+
+
+@runtime_checkable
+class MigratablePlatform(Platform, Protocol):
+    """A platform that can live-migrate VMs between its nodes."""
+
+    def migrate(self, vm: VM, target_node: str, policy: MigrationPolicy) -> MigrationResult:
+        """Move ``vm`` to ``target_node``; returns when done, failed, or cancelled on timeout."""
+        ...

@@ -1,0 +1,240 @@
+"""QemuPlatform: the Platform protocol over real qemu processes on the lab's nodes."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.images.micro import GuestImage
+from lab.images.store import ImageStore
+from lab.platform import (
+    Capability,
+    Endpoint,
+    GuestAccess,
+    PlatformError,
+    Timeline,
+    TimelineEvent,
+    VMSpec,
+)
+from lab.qemu.network import exec_prefix
+from lab.qemu.process import Disk, QemuConfig, QemuProcess, UserNic
+from lab.qemu.qmp import QMPFailure, QMPLoop
+from lab.qemu.state import LabState
+
+USER_NET_GUEST = "vp.ip=10.0.2.15/24 vp.gw=10.0.2.2"
+PORT_BASE = 20000
+CAPABILITIES = frozenset({Capability.BOOT, Capability.HOST_METRICS})
+
+
+@dataclass
+class QemuVM:
+    """A guest on the qemu lab. Implements ``lab.platform.VM``."""
+
+    name: str
+    node: str
+    spec: VMSpec
+    directory: Path
+    ssh: Endpoint
+    http: Endpoint
+    process: QemuProcess
+    image: GuestImage
+    timeline: Timeline = field(default_factory=Timeline)
+
+    def ssh_endpoint(self) -> Endpoint:
+        return self.ssh
+
+    def http_endpoint(self) -> Endpoint:
+        return self.http
+
+    def console_tail(self, lines: int = 40) -> str:
+        try:
+            text = (self.directory / "console.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.process.alive()
+
+
+def client_key_path(state: LabState) -> Path:
+    return state.directory / "ssh" / "id_ed25519"
+
+
+class QemuPlatform:
+    """Real qemu VMs on network-namespace (or loopback) nodes. Implements ``lab.platform.Platform``."""
+
+    name = "qemu"
+
+    def __init__(self, state: LabState, store: ImageStore | None = None) -> None:
+        self.state = state
+        self.store = store or ImageStore.default()
+        self._loop: QMPLoop | None = None
+        self._lock = threading.Lock()
+        self._vms: dict[str, QemuVM] = {}
+
+    # --- Platform protocol -----------------------------------------------------------
+
+    @property
+    def accel(self) -> str:
+        return self.state.accel
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return CAPABILITIES
+
+    def nodes(self) -> Sequence[str]:
+        return [n.name for n in self.state.nodes]
+
+    def guest_access(self, image: str) -> GuestAccess:
+        built = self.store.get(image)
+        return GuestAccess(built.user, client_key_path(self.state), built.host_key)
+
+    def create_vm(self, spec: VMSpec) -> QemuVM:
+        node = self.state.node(spec.node) if spec.node else self.state.node(self._least_loaded_node())
+        image = self.store.get(spec.image)
+        directory = self.state.directory / "vms" / spec.name
+        try:
+            directory.mkdir(parents=True)
+        except FileExistsError:
+            raise PlatformError(f"a VM named {spec.name!r} already exists in lab {self.state.lab_id}") from None
+        (directory / "vm.json").write_text(json.dumps({"name": spec.name, "node": node.name}))
+        ssh_port, http_port = self._ports(node.address, 2)
+        disks: list[Disk] = []
+        if spec.scratch_disk_mib:
+            scratch = directory / "scratch.qcow2"
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(scratch), f"{spec.scratch_disk_mib}M"],
+                check=True,
+                capture_output=True,
+            )
+            disks.append(Disk(scratch, "qcow2", spec.disk_bus))
+        if image.disk is not None:
+            disks.insert(
+                0, Disk(image.disk, "qcow2" if image.disk.suffix == ".qcow2" else "raw", spec.disk_bus, snapshot=True)
+            )
+        key_line = client_key_path(self.state).with_suffix(".pub").read_text().strip()
+        append = ""
+        if image.kernel is not None:
+            key_b64 = base64.b64encode(key_line.encode()).decode()
+            append = f"console=ttyS0 quiet panic=-1 vp.name={spec.name} vp.key={key_b64} {USER_NET_GUEST}"
+        cfg = QemuConfig(
+            guest_name=f"vp-{self.state.lab_id}-{spec.name}",
+            directory=directory,
+            cpus=spec.cpus,
+            memory_mib=spec.memory_mib,
+            accel="kvm" if self.state.accel == "kvm" else "tcg",
+            tb_size_mib=int(self.state.extra.get("tb_size_mib", "64")),
+            machine=self.state.extra.get("machine", "q35"),
+            kernel=image.kernel,
+            initrd=image.initrd,
+            append=append,
+            disks=tuple(disks),
+            nics=(UserNic(node.address, ((ssh_port, 22), (http_port, 80)), spec.nic_model),),
+        )
+        timeline = Timeline()
+        timeline.add("created", time.time(), "harness")
+        process = QemuProcess(cfg, self._qmp_loop(), exec_prefix(node))
+        vm = QemuVM(
+            spec.name,
+            node.name,
+            spec,
+            directory,
+            Endpoint(node.address, ssh_port),
+            Endpoint(node.address, http_port),
+            process,
+            image,
+            timeline,
+        )
+        with self._lock:
+            self._vms[spec.name] = vm
+        try:
+            process.connect()
+            process.resume()
+        except QMPFailure as exc:
+            raise PlatformError(f"VM {spec.name} on {node.name} did not start: {exc}") from exc
+        return vm
+
+    def wait_running(self, vm: object, timeout: float) -> TimelineEvent:
+        qvm = self._own(vm)
+        try:
+            event = qvm.process.qmp.wait_event("RESUME", timeout)
+        except QMPFailure as exc:
+            raise PlatformError(f"VM {qvm.name} never reported running: {exc}") from exc
+        return qvm.timeline.get("running") or qvm.timeline.add("running", event.timestamp, "platform")
+
+    def delete_vm(self, vm: object) -> None:
+        qvm = self._own(vm)
+        qvm.process.stop()
+        with self._lock:
+            self._vms.pop(qvm.name, None)
+        shutil.rmtree(qvm.directory, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            vms = list(self._vms.values())
+        for vm in vms:
+            self.delete_vm(vm)
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _own(self, vm: object) -> QemuVM:
+        if not isinstance(vm, QemuVM):
+            raise TypeError(f"not a qemu VM: {vm!r}")
+        return vm
+
+    def _qmp_loop(self) -> QMPLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = QMPLoop(f"qmp-{self.state.lab_id}")
+            return self._loop
+
+    def _least_loaded_node(self) -> str:
+        counts = {n.name: 0 for n in self.state.nodes}
+        for meta in (self.state.directory / "vms").glob("*/vm.json"):
+            try:
+                node = json.loads(meta.read_text())["node"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if node in counts:
+                counts[node] += 1
+        return min(counts, key=lambda n: (counts[n], n))
+
+    def _ports(self, address: str, count: int) -> list[int]:
+        """Ports for host forwards: a lab-wide counter (netns nodes own their addresses),
+        skipping any port already bound on the address (loopback nodes share the host)."""
+        ports: list[int] = []
+        with open(self.state.directory / "ports.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            text = fh.read().strip()
+            nxt = int(text) if text else PORT_BASE
+            while len(ports) < count:
+                nxt += 1
+                if self.state.network == "netns" or _port_free(address, nxt):
+                    ports.append(nxt)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(nxt))
+        return ports
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,288 @@
+"""Scenario files: their schema (pydantic) and a loader whose errors name file, line and field.
+
+A scenario has Rally-style sections: ``lab`` (what is under test), ``guest`` (the VM shape),
+``suites`` (each suite's parameters and its runner: ``count``, ``concurrency``) and ``slo``
+(the gates). Unknown keys are errors everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ScenarioError(ValueError):
+    """A scenario file is invalid. ``str()`` is the one-line message shown to users."""
+
+    def __init__(self, path: Path | str, line: int | None, field_path: str, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.field_path = field_path
+        self.message = message
+        where = f"{self.path}:{line}" if line else self.path
+        text = f"{where}: {field_path}: {message}" if field_path else f"{where}: {message}"
+        super().__init__(text)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(Mi|MiB|M|Gi|GiB|G)?\s*$")
+
+
+def parse_mib(value: object) -> int:
+    """``256`` (MiB), ``"256Mi"``, ``"1Gi"`` -> MiB."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 256 or 256Mi or 1Gi")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            number, unit = int(match.group(1)), match.group(2) or "Mi"
+            return number * 1024 if unit.startswith("G") else number
+    raise ValueError("must be a size such as 256 or 256Mi or 1Gi")
+
+
+# --- lab --------------------------------------------------------------------------------
+
+
+class QemuLab(Strict):
+    """The embedded lab: nodes are network namespaces (or loopback addresses), VMs are qemu."""
+
+    kind: Literal["qemu"]
+    nodes: int = Field(2, ge=1, le=16)
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    network: Literal["netns", "loopback"] = "netns"
+    machine: Literal["q35", "pc"] = "q35"
+    tb_size_mib: int = Field(64, ge=16, le=1024)
+
+
+from scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab  # noqa: E402
+
+LabSpec = Annotated[QemuLab | KindLab | KubeadmLab | ExistingLab, Field(discriminator="kind")]
+
+
+# --- guest ------------------------------------------------------------------------------
+
+
+class Guest(Strict):
+    image: str = "micro"
+    cpus: int = Field(1, ge=1, le=64)
+    memory: int = Field(256, ge=80, le=1024 * 1024, description="MiB (or '256Mi', '1Gi')")
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> int:
+        return parse_mib(value)
+
+
+# --- suites -----------------------------------------------------------------------------
+
+
+class SuiteRunner(Strict):
+    """Rally-style runner settings every suite has."""
+
+    count: int = Field(1, ge=1, le=10_000)
+    concurrency: int = Field(1, ge=1, le=1_000)
+    timeout_s: float = Field(180.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _concurrency_not_above_count(self) -> SuiteRunner:
+        if self.concurrency > self.count:
+            raise ValueError(f"concurrency ({self.concurrency}) is more than count ({self.count})")
+        return self
+
+
+class BootSuite(SuiteRunner):
+    """Boot ``count`` guests, ``concurrency`` at once; time to running, SSH and a command."""
+
+    check_devices: bool = True
+
+
+class Suites(Strict):
+    boot: BootSuite | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Suites:
+        if not any(getattr(self, name) is not None for name in type(self).model_fields):
+            raise ValueError("names no suite; add one of: " + ", ".join(type(self).model_fields))
+        return self
+
+    def enabled(self) -> list[str]:
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+
+# --- SLOs -------------------------------------------------------------------------------
+
+
+Stat = Literal["p50", "p95", "p99", "max", "min", "mean", "count"]
+
+
+class SLO(Strict):
+    metric: str = Field(min_length=1)
+    stat: Stat = "p95"
+    max: float | None = None
+    min: float | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    # A ratio gate: stat(metric) / stat(ratio_to), same stat and labels, checked against max/min.
+    ratio_to: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> SLO:
+        if self.max is None and self.min is None:
+            raise ValueError("needs max or min")
+        return self
+
+
+class Scenario(Strict):
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str = ""
+    lab: LabSpec
+    guest: Guest = Field(default_factory=Guest)
+    suites: Suites
+    slo: list[SLO] = Field(default_factory=list)
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedScenario:
+    path: Path
+    text: str
+    sha256: str
+    scenario: Scenario
+
+
+class _LineMap:
+    """Maps field paths (tuples of keys and indexes) to the YAML line where they start."""
+
+    def __init__(self) -> None:
+        self.lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(self, node: yaml.Node, path: tuple[str | int, ...], file: str) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+                if key in seen:
+                    raise ScenarioError(
+                        file,
+                        key_node.start_mark.line + 1,
+                        _dotted(path + (key,)),
+                        f"duplicate key (first at line {seen[key]})",
+                    )
+                seen[key] = key_node.start_mark.line + 1
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+                self.walk(_, path + (key,), file)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, child in enumerate(node.value):
+                self.walk(child, path + (index,), file)
+
+    def line_for(self, loc: tuple[str | int, ...]) -> int | None:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(error: Any) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']}"
+    if kind == "greater_than":
+        return f"must be more than {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}"
+    if kind == "less_than":
+        return f"must be less than {ctx['lt']}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "is required"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "must be a whole number"
+    if kind in ("float_parsing", "float_type"):
+        return "must be a number"
+    if kind in ("bool_parsing", "bool_type"):
+        return "must be true or false"
+    if kind in ("string_type",):
+        return "must be a string"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return "must be a mapping"
+    if kind == "list_type":
+        return "must be a list"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')}"
+    if kind == "union_tag_invalid":
+        where = error["loc"][-1] if error["loc"] else "kind"
+        return f"unknown {where} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return f"needs '{ctx.get('discriminator', 'kind').strip(chr(39))}'"
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _scenario_error(path: Path, lines: _LineMap, exc: ValidationError, data: object) -> ScenarioError:
+    error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    # A discriminated union puts its tag into the location (lab.qemu.nodes): drop it.
+    if len(loc) > 1 and loc[0] == "lab" and isinstance(data, dict):
+        lab = data.get("lab")
+        if isinstance(lab, dict) and loc[1] == lab.get("kind"):
+            loc = loc[:1] + loc[2:]
+    return ScenarioError(path, lines.line_for(loc), _dotted(loc), _message(error))
+
+
+def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
+    path = Path(path)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ScenarioError(path, line, "", f"invalid YAML: {exc.problem or exc}") from None
+    if node is None:
+        raise ScenarioError(path, None, "", "empty scenario")
+    if not isinstance(node, yaml.MappingNode):
+        raise ScenarioError(path, node.start_mark.line + 1, "", "a scenario must be a mapping")
+    lines = _LineMap()
+    lines.walk(node, (), str(path))
+    data = yaml.safe_load(text)
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise _scenario_error(path, lines, exc, data) from None
+
+
+def load_scenario(path: Path | str) -> LoadedScenario:
+    """Read and validate a scenario file; raise ScenarioError with file:line: field: message."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(path, None, "", "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(path, None, "", f"cannot read: {exc}") from None
+    scenario = parse_scenario(text, path)
+    return LoadedScenario(path, text, hashlib.sha256(text.encode()).hexdigest(), scenario)

@@ -1,0 +1,5 @@
+import sys
+
+from virtproof.cli import main
+
+sys.exit(main())

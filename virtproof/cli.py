@@ -1,0 +1,58 @@
+"""The ``virtproof`` command. Each sub-command lives in its own ``virtproof.commands`` module.
+
+Exit codes: 0 all passed, 1 a test or SLO failed, 2 bad input or usage, 3 the lab could not
+come up, 130/143 interrupted by SIGINT/SIGTERM (after cleaning up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from virtproof import __version__
+from virtproof.errors import EXIT_LAB, EXIT_USAGE, LabUnavailable, UsageError
+
+# Each module defines ``register(subparsers)``; the parser it adds sets ``func(args) -> int``.
+COMMAND_MODULES = (
+    "virtproof.commands.run",
+    "virtproof.commands.validate",
+    "virtproof.commands.lab",
+    "virtproof.commands.images",
+    "virtproof.commands.compare",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="virtproof", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"virtproof {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"virtproof: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LabUnavailable as exc:
+        print(f"virtproof: lab unavailable: {exc}", file=sys.stderr)
+        return EXIT_LAB
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``virtproof`` sub-command; each has ``register(subparsers)``."""
