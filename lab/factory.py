@@ -8,6 +8,7 @@ workers (and later tools) can ``attach`` to the same lab.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from lab.platform import Platform
@@ -67,3 +68,27 @@ def leftovers_cleaners() -> list[Callable[[], list[str]]]:
     from lab.qemu.lab import clean_leftovers
 
     return [clean_leftovers]
+
+
+def _pointer(scenario: Scenario) -> Path:
+    from lab.qemu.state import state_root
+
+    return state_root() / "up" / f"{scenario.lab.kind}-{scenario.name}"
+
+
+def persistent_lab_id(scenario: Scenario) -> str | None:
+    """The id of a lab brought up for this scenario with ``virtproof lab up``, if it is still up."""
+    try:
+        return _pointer(scenario).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def remember_persistent(scenario: Scenario, lab_id: str) -> None:
+    path = _pointer(scenario)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(lab_id + "\n")
+
+
+def forget_persistent(scenario: Scenario) -> None:
+    _pointer(scenario).unlink(missing_ok=True)

@@ -68,6 +68,9 @@ class VMSpec:
     nic_model: Literal["virtio", "e1000", "vmxnet3"] = "virtio"
     scratch_disk_mib: int = 64
     labels: tuple[tuple[str, str], ...] = ()
+    # "l2": the guest keeps one address on a segment shared by all nodes (what live migration
+    # needs for a stable address); "user": the platform's default (qemu: user networking).
+    network: Literal["user", "l2"] = "user"
 
 
 @dataclass(frozen=True)

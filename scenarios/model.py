@@ -107,8 +107,12 @@ class BootSuite(SuiteRunner):
     check_devices: bool = True
 
 
+from scenarios.density import DensitySuite  # noqa: E402 - it subclasses SuiteRunner (see scenarios/__init__.py)
+
+
 class Suites(Strict):
     boot: BootSuite | None = None
+    density: DensitySuite | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Suites:
@@ -169,7 +173,7 @@ class _LineMap:
         self.lines: dict[tuple[str | int, ...], int] = {}
 
     def walk(self, node: yaml.Node, path: tuple[str | int, ...], file: str) -> Any:
-        self.lines[path] = node.start_mark.line + 1
+        self.lines.setdefault(path, node.start_mark.line + 1)  # a key's own line wins over its value's
         if isinstance(node, yaml.MappingNode):
             seen: dict[str, int] = {}
             for key_node, _ in node.value:
@@ -202,16 +206,20 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
     return out
 
 
+def _num(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _message(error: Any) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "greater_than_equal":
-        return f"must be at least {ctx['ge']}"
+        return f"must be at least {_num(ctx['ge'])}"
     if kind == "greater_than":
-        return f"must be more than {ctx['gt']}"
+        return f"must be more than {_num(ctx['gt'])}"
     if kind == "less_than_equal":
-        return f"must be at most {ctx['le']}"
+        return f"must be at most {_num(ctx['le'])}"
     if kind == "less_than":
-        return f"must be less than {ctx['lt']}"
+        return f"must be less than {_num(ctx['lt'])}"
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
@@ -235,8 +243,8 @@ def _message(error: Any) -> str:
     if kind == "string_pattern_mismatch":
         return f"must match {ctx.get('pattern')}"
     if kind == "union_tag_invalid":
-        where = error["loc"][-1] if error["loc"] else "kind"
-        return f"unknown {where} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        key = str(ctx.get("discriminator", "'kind'")).strip("'")
+        return f"unknown {key} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
         return f"needs '{ctx.get('discriminator', 'kind').strip(chr(39))}'"
     msg = str(error["msg"])

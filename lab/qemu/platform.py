@@ -20,19 +20,34 @@ from lab.platform import (
     Capability,
     Endpoint,
     GuestAccess,
+    MigrationPolicy,
+    MigrationResult,
     PlatformError,
     Timeline,
     TimelineEvent,
     VMSpec,
 )
-from lab.qemu.network import exec_prefix
-from lab.qemu.process import Disk, QemuConfig, QemuProcess, UserNic
+from lab.qemu import l2
+from lab.qemu.migration import Migrator
+from lab.qemu.network import NetworkError, exec_prefix
+from lab.qemu.process import Disk, QemuConfig, QemuProcess, TapNic, UserNic
 from lab.qemu.qmp import QMPFailure, QMPLoop
-from lab.qemu.state import LabState
+from lab.qemu.state import LabState, NodeState
 
 USER_NET_GUEST = "vp.ip=10.0.2.15/24 vp.gw=10.0.2.2"
 PORT_BASE = 20000
-CAPABILITIES = frozenset({Capability.BOOT, Capability.HOST_METRICS})
+CAPABILITIES = frozenset(
+    {
+        Capability.BOOT,
+        Capability.HOST_METRICS,
+        Capability.LIVE_MIGRATION,
+        Capability.POST_COPY,
+        Capability.AUTO_CONVERGE,
+        Capability.MIGRATION_BANDWIDTH_LIMIT,
+        Capability.MIGRATION_DOWNTIME_LIMIT,
+        Capability.NODE_DRAIN,
+    }
+)
 
 
 @dataclass
@@ -57,13 +72,17 @@ class QemuVM:
 
     def console_tail(self, lines: int = 40) -> str:
         try:
-            text = (self.directory / "console.log").read_text(errors="replace")
+            text = self.process.cfg.console_log.read_text(errors="replace")  # moves with migration
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
     def alive(self) -> bool:
         return self.process.alive()
+
+    def host_pid(self) -> int | None:
+        """The qemu process's pid on this host (``lab.hostmetrics.HostProcess``)."""
+        return self.process.pid
 
 
 def client_key_path(state: LabState) -> Path:
@@ -81,6 +100,7 @@ class QemuPlatform:
         self._loop: QMPLoop | None = None
         self._lock = threading.Lock()
         self._vms: dict[str, QemuVM] = {}
+        self.migrations = Migrator(self)
 
     # --- Platform protocol -----------------------------------------------------------
 
@@ -108,7 +128,7 @@ class QemuPlatform:
         except FileExistsError:
             raise PlatformError(f"a VM named {spec.name!r} already exists in lab {self.state.lab_id}") from None
         (directory / "vm.json").write_text(json.dumps({"name": spec.name, "node": node.name}))
-        ssh_port, http_port = self._ports(node.address, 2)
+        nic, guest_net, ssh, http = self._nic(spec, node)
         disks: list[Disk] = []
         if spec.scratch_disk_mib:
             scratch = directory / "scratch.qcow2"
@@ -126,7 +146,7 @@ class QemuPlatform:
         append = ""
         if image.kernel is not None:
             key_b64 = base64.b64encode(key_line.encode()).decode()
-            append = f"console=ttyS0 quiet panic=-1 vp.name={spec.name} vp.key={key_b64} {USER_NET_GUEST}"
+            append = f"console=ttyS0 quiet panic=-1 vp.name={spec.name} vp.key={key_b64} {guest_net}"
         cfg = QemuConfig(
             guest_name=f"vp-{self.state.lab_id}-{spec.name}",
             directory=directory,
@@ -139,7 +159,7 @@ class QemuPlatform:
             initrd=image.initrd,
             append=append,
             disks=tuple(disks),
-            nics=(UserNic(node.address, ((ssh_port, 22), (http_port, 80)), spec.nic_model),),
+            nics=(nic,),
         )
         timeline = Timeline()
         timeline.add("created", time.time(), "harness")
@@ -149,8 +169,8 @@ class QemuPlatform:
             node.name,
             spec,
             directory,
-            Endpoint(node.address, ssh_port),
-            Endpoint(node.address, http_port),
+            ssh,
+            http,
             process,
             image,
             timeline,
@@ -161,6 +181,7 @@ class QemuPlatform:
             process.connect()
             process.resume()
         except QMPFailure as exc:
+            self.delete_vm(vm)  # the process may be running (a slow QMP under load): never leak it
             raise PlatformError(f"VM {spec.name} on {node.name} did not start: {exc}") from exc
         return vm
 
@@ -177,7 +198,16 @@ class QemuPlatform:
         qvm.process.stop()
         with self._lock:
             self._vms.pop(qvm.name, None)
+        self.migrations.forget(qvm)
         shutil.rmtree(qvm.directory, ignore_errors=True)
+
+    def migrate(self, vm: object, target_node: str, policy: MigrationPolicy) -> MigrationResult:
+        """Live-migrate ``vm`` to ``target_node`` (see lab.qemu.migration)."""
+        return self.migrations.migrate(self._own(vm), target_node, policy)
+
+    def evacuate(self, node: str, timeout: float = 300.0, uncordon_after: bool = True) -> list[MigrationResult]:
+        """Drain ``node``: live-migrate every VM on it to the other nodes."""
+        return self.migrations.evacuate(node, timeout)
 
     def close(self) -> None:
         with self._lock:
@@ -189,6 +219,20 @@ class QemuPlatform:
             self._loop = None
 
     # --- internals ------------------------------------------------------------------------
+
+    def _nic(self, spec: VMSpec, node: NodeState) -> tuple[UserNic | TapNic, str, Endpoint, Endpoint]:
+        """(NIC, guest network kernel parameters, SSH endpoint, HTTP endpoint) for ``spec.network``."""
+        if spec.network == "l2":
+            try:
+                address = l2.lease(self.state, l2.ensure_segment(self.state), spec.name)
+                tap = l2.create_tap(self.state, node)
+            except NetworkError as exc:
+                raise PlatformError(f"VM {spec.name}: {exc}") from exc
+            nic: UserNic | TapNic = TapNic(tap, address.mac, spec.nic_model)
+            return nic, address.cmdline, Endpoint(address.ip, 22), Endpoint(address.ip, 80)
+        ssh_port, http_port = self._ports(node.address, 2)
+        nic = UserNic(node.address, ((ssh_port, 22), (http_port, 80)), spec.nic_model)
+        return nic, USER_NET_GUEST, Endpoint(node.address, ssh_port), Endpoint(node.address, http_port)
 
     def _own(self, vm: object) -> QemuVM:
         if not isinstance(vm, QemuVM):

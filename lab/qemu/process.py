@@ -64,6 +64,7 @@ class QemuConfig:
     nics: tuple[UserNic | TapNic, ...] = ()
     rng: bool = True
     incoming: str | None = None  # "defer" for a migration destination
+    start_paused: bool = True  # -S; a migration destination runs as soon as the stream ends
     extra_args: tuple[str, ...] = ()
 
     @property
@@ -108,7 +109,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         f"unix:{cfg.qmp_socket},server=on,wait=off",
         "-pidfile",
         str(cfg.pidfile),
-        "-S",
+        *(["-S"] if cfg.start_paused else []),
     ]
     if cfg.kernel:
         argv += ["-kernel", str(cfg.kernel)]

@@ -70,6 +70,13 @@ class QMPConnection:
         """Connect, retrying until the socket appears, ``alive()`` turns false, or ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
+            if not socket_path.exists():
+                if not alive():
+                    raise QMPFailure("qemu exited before creating its QMP socket")
+                if time.monotonic() > deadline:
+                    raise QMPFailure(f"qemu created no QMP socket {socket_path} in {timeout:.0f} s")
+                time.sleep(0.002)
+                continue
             try:
                 self._loop.run(self._connect(str(socket_path)), timeout=max(0.5, deadline - time.monotonic()))
                 return

@@ -25,7 +25,7 @@ SUBNETS = 512  # /24s inside 198.18.0.0/15 (RFC 2544 benchmarking range)
 
 
 def state_root() -> Path:
-    return Path(os.environ.get("VIRTPROOF_STATE") or "/tmp/virtproof")
+    return Path(os.environ.get("VIRTPROOF_STATE") or "/tmp/virtproof-state")
 
 
 def token(lab_id: str) -> str:
@@ -130,7 +130,7 @@ def free_subnet_index(reserved_dir: Path) -> int:
     used: set[int] = set()
     labs = state_root() / "labs"
     if labs.is_dir():
-        for marker in labs.glob("*/subnet"):
+        for marker in [*labs.glob("*/subnet"), *labs.glob("*/*/subnet")]:  # */l2/subnet: guest segments
             try:
                 used.add(int(marker.read_text()))
             except (OSError, ValueError):

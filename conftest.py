@@ -1,0 +1,3 @@
+"""Root conftest: plugin registration only. Fixtures live in suites/conftest.py and tests/."""
+
+pytest_plugins = ("virtproof.pytest_plugin",)

@@ -1,0 +1,92 @@
+"""Find and delete what virtproof created: only objects labelled ``virtproof.io/run-id``.
+
+``leftovers`` lists labelled objects across the cluster (optionally of one run); ``clean``
+deletes them. Unlabelled objects are never touched, also in a shared namespace; a namespace is
+deleted only when it carries the label itself (virtproof made it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from kubernetes.client.exceptions import ApiException
+
+from lab.kubevirt.resources import DATAVOLUME, MIGRATION_POLICY, RUN_LABEL, VM, VMI, VMIM, Kube, Resource
+
+log = logging.getLogger("lab.kubevirt")
+
+# Deletion order: migrations first (cancel), then VMs (their VMIs and DataVolumes follow).
+_NAMESPACED: tuple[Resource, ...] = (VMIM, VM, VMI, DATAVOLUME)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    kind: str
+    namespace: str
+    name: str
+    run_id: str
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind} {where}{self.name} (run {self.run_id})"
+
+
+def _selector(run_id: str | None) -> str:
+    return f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
+
+
+def leftovers(kube: Kube, run_id: str | None = None) -> list[Leftover]:
+    """Every object carrying the run label (of ``run_id``, or of any run)."""
+    selector = _selector(run_id)
+    found: list[Leftover] = []
+    for res in (*_NAMESPACED, MIGRATION_POLICY):
+        try:
+            items = kube.list_objects(res, None, selector)
+        except ApiException as exc:
+            if exc.status in (403, 404):  # not installed (CDI), or not allowed to look
+                continue
+            raise
+        for item in items:
+            meta = item.get("metadata") or {}
+            found.append(Leftover(res.kind, str(meta.get("namespace") or ""), str(meta.get("name")),
+                                  str((meta.get("labels") or {}).get(RUN_LABEL, ""))))
+    kube.conn.limiter.acquire()
+    for svc in kube.core.list_service_for_all_namespaces(label_selector=selector).items:
+        meta = svc.metadata
+        if meta is not None:
+            found.append(Leftover("Service", str(meta.namespace), str(meta.name),
+                                  str((meta.labels or {}).get(RUN_LABEL, ""))))
+    kube.conn.limiter.acquire()
+    for ns in kube.core.list_namespace(label_selector=selector).items:
+        meta = ns.metadata
+        if meta is not None:
+            found.append(Leftover("Namespace", "", str(meta.name), str((meta.labels or {}).get(RUN_LABEL, ""))))
+    return found
+
+
+def clean(kube: Kube, run_id: str | None = None) -> list[str]:
+    """Delete every labelled object (of ``run_id``, or of all runs); return what was deleted."""
+    deleted: list[str] = []
+    by_kind = {res.kind: res for res in (*_NAMESPACED, MIGRATION_POLICY)}
+    for item in leftovers(kube, run_id):
+        try:
+            if item.kind in by_kind:
+                res = by_kind[item.kind]
+                gone = kube.delete(res, item.name, item.namespace or None)
+            elif item.kind == "Service":
+                kube.conn.limiter.acquire()
+                kube.core.delete_namespaced_service(item.name, item.namespace)
+                gone = True
+            else:
+                kube.conn.limiter.acquire()
+                kube.core.delete_namespace(item.name)
+                gone = True
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            gone = False
+        if gone:
+            deleted.append(str(item))
+            log.info("deleted %s", item)
+    return deleted

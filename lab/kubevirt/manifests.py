@@ -1,0 +1,218 @@
+"""Objects the backend sends: VirtualMachine, Service, migration, MigrationPolicy, DataVolume.
+
+Every builder returns a plain dict that validates against the KubeVirt/CDI OpenAPI schema (the
+tests check each builder with ``lab.kubevirt_schema``), and labels it with the run id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from lab.kubevirt.resources import DATAVOLUME, MIGRATION_POLICY, RUN_LABEL, VM, VM_LABEL, VMIM
+from lab.platform import MigrationPolicy, PlatformError, VMSpec
+
+Obj = dict[str, Any]
+
+SSH_PORT = 22
+HTTP_PORT = 80
+POLICY_LABEL = "virtproof.io/migration-policy"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+_DISK_BUSES = {"virtio", "scsi", "sata"}
+_NIC_MODELS = {"virtio", "e1000"}
+
+
+class UnsupportedSpec(PlatformError):
+    """A VMSpec asks for something KubeVirt cannot express (e.g. an IDE disk, a vmxnet3 NIC)."""
+
+
+@dataclass(frozen=True)
+class DiskSource:
+    """Where the root disk comes from: a containerDisk image, an http URL CDI imports, or a DataVolume."""
+
+    container_disk: str | None = None
+    http_url: str | None = None
+    data_volume: str | None = None  # an existing (imported) DataVolume
+    size: str = "1Gi"
+    storage_class: str | None = None
+
+
+@dataclass(frozen=True)
+class CloudInit:
+    """What cloud-init puts into the guest: the run's client key and a pinned host key."""
+
+    user: str
+    authorized_key: str
+    host_private_key: str
+    host_public_key: str
+
+
+def labels(run_id: str, **extra: str) -> dict[str, str]:
+    return {RUN_LABEL: run_id, **extra}
+
+
+def cloud_init_user_data(ci: CloudInit) -> str:
+    """#cloud-config: authorize the run's key, pin the host key, start the HTTP responder."""
+    responder = (
+        "mkdir -p /srv/virtproof && hostname > /srv/virtproof/index.html && "
+        f"if command -v busybox >/dev/null; then setsid busybox httpd -p {HTTP_PORT} -h /srv/virtproof; "
+        f"else setsid python3 -m http.server {HTTP_PORT} -d /srv/virtproof >/dev/null 2>&1 & fi"
+    )
+    doc = {
+        "users": ["default", {"name": ci.user, "ssh_authorized_keys": [ci.authorized_key],
+                              "sudo": "ALL=(ALL) NOPASSWD:ALL", "lock_passwd": True}],
+        "ssh_authorized_keys": [ci.authorized_key],
+        "ssh_deletekeys": True,
+        "ssh_keys": {"ed25519_private": ci.host_private_key, "ed25519_public": ci.host_public_key},
+        "runcmd": [["sh", "-c", responder]],
+    }
+    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+def data_volume_spec(source: DiskSource) -> Obj:
+    storage: Obj = {"resources": {"requests": {"storage": source.size}}}
+    if source.storage_class:
+        storage["storageClassName"] = source.storage_class
+    return {"source": {"http": {"url": source.http_url}}, "storage": storage}
+
+
+def virtual_machine(spec: VMSpec, namespace: str, run_id: str, source: DiskSource,
+                    cloud_init: CloudInit | None, run_strategy: str = "Always") -> Obj:
+    """A VirtualMachine for ``spec``; raises UnsupportedSpec for what KubeVirt cannot do."""
+    if spec.disk_bus not in _DISK_BUSES:
+        raise UnsupportedSpec(f"KubeVirt has no {spec.disk_bus} disk bus (has: {', '.join(sorted(_DISK_BUSES))})")
+    if spec.nic_model not in _NIC_MODELS:
+        raise UnsupportedSpec(f"KubeVirt has no {spec.nic_model} NIC model (has: {', '.join(sorted(_NIC_MODELS))})")
+    if sum(x is not None for x in (source.container_disk, source.http_url, source.data_volume)) != 1:
+        raise UnsupportedSpec("a disk source needs exactly one of container_disk, http_url or data_volume")
+    meta_labels = labels(run_id, **{VM_LABEL: spec.name}, **dict(spec.labels))
+    memory = f"{spec.memory_mib}Mi"
+    disks: list[Obj] = [{"name": "rootdisk", "disk": {"bus": spec.disk_bus}, "bootOrder": 1}]
+    volumes: list[Obj] = []
+    templates: list[Obj] = []
+    if source.container_disk:
+        volumes.append({"name": "rootdisk", "containerDisk": {"image": source.container_disk}})
+    elif source.data_volume:
+        volumes.append({"name": "rootdisk", "dataVolume": {"name": source.data_volume}})
+    else:
+        dv_name = f"{spec.name}-root"
+        volumes.append({"name": "rootdisk", "dataVolume": {"name": dv_name}})
+        templates.append({"metadata": {"name": dv_name, "labels": labels(run_id, **{VM_LABEL: spec.name})},
+                          "spec": data_volume_spec(source)})
+    if spec.scratch_disk_mib:
+        disks.append({"name": "scratch", "disk": {"bus": spec.disk_bus}})
+        volumes.append({"name": "scratch", "emptyDisk": {"capacity": f"{spec.scratch_disk_mib}Mi"}})
+    if cloud_init is not None:
+        disks.append({"name": "cloudinitdisk", "disk": {"bus": "virtio"}})
+        volumes.append({"name": "cloudinitdisk",
+                        "cloudInitNoCloud": {"userData": cloud_init_user_data(cloud_init)}})
+    template_spec: Obj = {
+        "domain": {
+            "cpu": {"cores": spec.cpus},
+            "memory": {"guest": memory},
+            "resources": {"requests": {"memory": memory}},
+            "devices": {
+                "disks": disks,
+                "interfaces": [{"name": "default", "masquerade": {}, "model": spec.nic_model}],
+                "rng": {},
+            },
+        },
+        "networks": [{"name": "default", "pod": {}}],
+        "evictionStrategy": "LiveMigrate",
+        "terminationGracePeriodSeconds": 0,
+        "volumes": volumes,
+    }
+    if spec.node:
+        template_spec["nodeSelector"] = {HOSTNAME_LABEL: spec.node}
+    body: Obj = {
+        "apiVersion": VM.api_version,
+        "kind": VM.kind,
+        "metadata": {"name": spec.name, "namespace": namespace, "labels": meta_labels},
+        "spec": {
+            "runStrategy": run_strategy,
+            "template": {"metadata": {"labels": dict(meta_labels)}, "spec": template_spec},
+        },
+    }
+    if templates:
+        body["spec"]["dataVolumeTemplates"] = templates
+    return body
+
+
+def guest_service(vm_name: str, namespace: str, run_id: str) -> Obj:
+    """A NodePort Service reaching the VM's SSH and HTTP (virt-launcher pods carry template labels)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"{vm_name}-guest", "namespace": namespace,
+                     "labels": labels(run_id, **{VM_LABEL: vm_name})},
+        "spec": {
+            "type": "NodePort",
+            "selector": {VM_LABEL: vm_name, RUN_LABEL: run_id},
+            "ports": [
+                {"name": "ssh", "port": SSH_PORT, "targetPort": SSH_PORT, "protocol": "TCP"},
+                {"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def namespace(name: str, run_id: str) -> Obj:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels(run_id)}}
+
+
+def migration(name: str, vmi_name: str, namespace: str, run_id: str, target_node: str | None) -> Obj:
+    spec: Obj = {"vmiName": vmi_name}
+    if target_node:
+        spec["addedNodeSelector"] = {HOSTNAME_LABEL: target_node}
+    return {
+        "apiVersion": VMIM.api_version,
+        "kind": VMIM.kind,
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(run_id, **{VM_LABEL: vmi_name})},
+        "spec": spec,
+    }
+
+
+def policy_name(run_id: str, policy: MigrationPolicy) -> str:
+    parts = [policy.mode.replace("_", "-")]
+    if policy.bandwidth_mibps:
+        parts.append(f"bw{policy.bandwidth_mibps}")
+    if policy.downtime_limit_ms:
+        parts.append(f"dt{policy.downtime_limit_ms}")
+    return f"virtproof-{run_id}-{'-'.join(parts)}".lower()[:63].rstrip("-")
+
+
+def migration_policy(run_id: str, policy: MigrationPolicy) -> Obj | None:
+    """A MigrationPolicy selecting VMIs labelled with its name; None for a plain pre-copy."""
+    if policy.mode == "precopy" and not policy.bandwidth_mibps and not policy.downtime_limit_ms:
+        return None
+    name = policy_name(run_id, policy)
+    spec: Obj = {"selectors": {"virtualMachineInstanceSelector": {POLICY_LABEL: name}}}
+    if policy.mode == "postcopy":
+        spec["allowPostCopy"] = True
+    if policy.mode == "auto_converge":
+        spec["allowAutoConverge"] = True
+    if policy.bandwidth_mibps:
+        spec["bandwidthPerMigration"] = f"{policy.bandwidth_mibps}Mi"
+    if policy.downtime_limit_ms:
+        spec["maxDowntimeMs"] = policy.downtime_limit_ms
+    return {
+        "apiVersion": MIGRATION_POLICY.api_version,
+        "kind": MIGRATION_POLICY.kind,
+        "metadata": {"name": name, "labels": labels(run_id)},
+        "spec": spec,
+    }
+
+
+def data_volume(name: str, namespace: str, run_id: str, source: DiskSource) -> Obj:
+    return {
+        "apiVersion": DATAVOLUME.api_version,
+        "kind": DATAVOLUME.kind,
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(run_id)},
+        "spec": data_volume_spec(source),
+    }
+
+
+def eviction(pod: str, namespace: str) -> Obj:
+    return {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": namespace}}

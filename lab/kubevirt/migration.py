@@ -1,0 +1,175 @@
+"""Live migration through VirtualMachineInstanceMigration; evacuation through cordon + eviction.
+
+The result's times are the platform's: the VMI's ``status.migrationState`` start and end
+timestamps, and the migration object's ``phaseTransitionTimestamps``. A migration that does not
+finish within the policy's timeout is cancelled by deleting its migration object.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from lab.kubevirt import manifests
+from lab.kubevirt.resources import MIGRATION_POLICY, VMI, VMIM
+from lab.kubevirt.timeline import parse_time
+from lab.platform import Capability, MigrationPolicy, MigrationResult, PlatformError, require
+
+if TYPE_CHECKING:
+    from lab.kubevirt.platform import KubeVirtPlatform, KubeVirtVM
+
+log = logging.getLogger("lab.kubevirt")
+
+_MODE_CAPS = {"postcopy": Capability.POST_COPY, "auto_converge": Capability.AUTO_CONVERGE}
+_MODES = {"PreCopy": "precopy", "PostCopy": "postcopy"}
+
+
+def _policy_caps(policy: MigrationPolicy) -> list[Capability]:
+    caps = [Capability.LIVE_MIGRATION]
+    if policy.mode in _MODE_CAPS:
+        caps.append(_MODE_CAPS[policy.mode])
+    if policy.bandwidth_mibps:
+        caps.append(Capability.MIGRATION_BANDWIDTH_LIMIT)
+    if policy.downtime_limit_ms:
+        caps.append(Capability.MIGRATION_DOWNTIME_LIMIT)
+    return caps
+
+
+def _apply_policy(p: KubeVirtPlatform, vm: KubeVirtVM, policy: MigrationPolicy) -> None:
+    body = manifests.migration_policy(p.config.run_id, policy)
+    label_value: str | None = None
+    if body is not None:
+        label_value = body["metadata"]["name"]
+        try:
+            p.kube.create(MIGRATION_POLICY, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise PlatformError(f"creating MigrationPolicy: {p._api_error(exc)}") from None
+    p.kube.conn.limiter.acquire()
+    p.kube.custom.patch_namespaced_custom_object(
+        VMI.group, VMI.version, p.namespace, VMI.plural, vm.name,
+        {"metadata": {"labels": {manifests.POLICY_LABEL: label_value}}},
+    )
+
+
+def _result(vm: KubeVirtVM, source: str, target: str, policy: MigrationPolicy, state: dict[str, Any],
+            phases: dict[str, float], requested: float, error: str | None) -> MigrationResult:
+    start = parse_time(state.get("startTimestamp"))
+    end = parse_time(state.get("endTimestamp"))
+    source_kind: Any = "platform"
+    if start is None or end is None:
+        start, end, source_kind = requested, time.time(), "harness"
+    mode = _MODES.get(str(state.get("mode") or ""), policy.mode)
+    if policy.mode == "auto_converge" and mode == "precopy":
+        mode = "auto_converge"
+    pending = phases.get("Pending")
+    ok = bool(state.get("completed")) and not state.get("failed") and error is None
+    if not ok and error is None:
+        error = str(state.get("failureReason") or "migration failed")
+    return MigrationResult(
+        vm=vm.name, source=str(state.get("sourceNode") or source), target=str(state.get("targetNode") or target),
+        ok=ok, mode=mode, started=start, finished=end, total_s=max(0.0, end - start),
+        setup_s=(start - pending) if pending is not None and source_kind == "platform" else None,
+        error=error, time_source=source_kind,
+    )
+
+
+def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationPolicy) -> MigrationResult:
+    require(p, *_policy_caps(policy))
+    source = vm.record.node
+    if target == source:
+        raise PlatformError(f"VM {vm.name} already runs on {target}")
+    if target not in p.nodes():
+        raise PlatformError(f"unknown or unschedulable target node {target!r}")
+    _apply_policy(p, vm, policy)
+    name = p.next_migration_name(vm.name)
+    requested = time.time()
+    try:
+        created = p.kube.create(VMIM, manifests.migration(name, vm.name, p.namespace, p.config.run_id, target),
+                                p.namespace)
+    except ApiException as exc:
+        raise PlatformError(f"creating migration {name}: {p._api_error(exc)}") from None
+    uid = str(created["metadata"].get("uid") or "")
+    rec = p.recorder
+
+    def finished() -> bool:
+        state = vm.record.migration_state
+        return state.get("migrationUid") == uid and bool(state.get("completed") or state.get("failed"))
+
+    error = None
+    if not rec.wait_for(finished, policy.timeout_s):
+        cancel(p, name)
+        aborted = rec.wait_for(
+            lambda: vm.record.migration_state.get("migrationUid") == uid
+            and bool(vm.record.migration_state.get("abortStatus") or vm.record.migration_state.get("failed")),
+            60.0,
+        )
+        status = vm.record.migration_state.get("abortStatus") if aborted else "unknown"
+        error = f"not finished after {policy.timeout_s:.0f} s; cancelled (abortStatus {status})"
+    with rec.cond:
+        state = dict(vm.record.migration_state)
+        phases = dict(rec.migrations[name].phases) if name in rec.migrations else {}
+    return _result(vm, source, target, policy, state, phases, requested, error)
+
+
+def cancel(p: KubeVirtPlatform, name: str) -> None:
+    """Cancel a migration the way ``virtctl migrate-cancel`` does: delete its object."""
+    p.kube.delete(VMIM, name, p.namespace)
+
+
+def _cordon(p: KubeVirtPlatform, node: str, on: bool) -> None:
+    p.kube.conn.limiter.acquire()
+    p.kube.core.patch_node(node, {"spec": {"unschedulable": on}})
+    if on:
+        p.cordoned.add(node)
+    else:
+        p.cordoned.discard(node)
+
+
+def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: bool) -> list[MigrationResult]:
+    require(p, Capability.NODE_DRAIN)
+    vms = [vm for vm in p.vms.values() if vm.record.node == node]
+    before = {vm.name: vm.record.migration_state.get("migrationUid") for vm in vms}
+    requested = time.time()
+    _cordon(p, node, True)
+    try:
+        p.kube.conn.limiter.acquire()
+        pods = p.kube.core.list_namespaced_pod(p.namespace, label_selector=f"kubevirt.io=virt-launcher,{p.selector}")
+        for pod in pods.items:
+            pod_name = str(pod.metadata.name if pod.metadata else "")
+            if pod.spec is None or pod.spec.node_name != node:
+                continue
+            body = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod_name, namespace=p.namespace))
+            p.kube.conn.limiter.acquire()
+            try:
+                p.kube.core.create_namespaced_pod_eviction(pod_name, p.namespace, body)
+            except ApiException as exc:
+                # 429: KubeVirt's webhook refused the eviction and started an evacuation migration.
+                if exc.status not in (429, 404):
+                    raise PlatformError(f"evicting {pod_name}: {p._api_error(exc)}") from None
+
+        def moved() -> bool:
+            for vm in vms:
+                state = vm.record.migration_state
+                if state.get("migrationUid") == before[vm.name]:
+                    return False
+                if not (state.get("completed") or state.get("failed")):
+                    return False
+            return True
+
+        done = p.recorder.wait_for(moved, timeout)
+        results = []
+        for vm in vms:
+            state = dict(vm.record.migration_state)
+            error = None if done else f"evacuation not finished after {timeout:.0f} s"
+            if state.get("migrationUid") == before[vm.name]:
+                state = {}
+            results.append(_result(vm, node, vm.record.node, MigrationPolicy(), state, {}, requested, error))
+        return results
+    finally:
+        if uncordon_after:
+            _cordon(p, node, False)

@@ -1,0 +1,347 @@
+"""``KubeVirtPlatform``: the Platform seam over the official kubernetes client.
+
+Guests are reached through a NodePort Service per VM (SSH 22 and HTTP 80) at the VMI's node
+address (its InternalIP, or ``node_address`` from the scenario). Timelines come from watch
+events (see ``timeline.Recorder``), never from polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+from kubernetes.client.exceptions import ApiException
+
+from lab.kubevirt import manifests, migration
+from lab.kubevirt.config import ImageConfig, KubeVirtConfig
+from lab.kubevirt.connect import Connection, connect
+from lab.kubevirt.informer import Informer
+from lab.kubevirt.keys import RunKeys, run_keys
+from lab.kubevirt.latency import Quantiles, summarize_all
+from lab.kubevirt.preflight import (
+    NAMESPACE_PERMS,
+    OPTIONAL,
+    POLICY_CAPS,
+    REQUIRED,
+    ClusterFacts,
+    check_permissions,
+    inspect_cluster,
+    require_permissions,
+)
+from lab.kubevirt.resources import RUN_LABEL, VM, VMI, VMIM, Kube, Obj
+from lab.kubevirt.timeline import Recorder, VMRecord
+from lab.platform import (
+    Capability,
+    Endpoint,
+    GuestAccess,
+    MigrationPolicy,
+    MigrationResult,
+    PlatformError,
+    Timeline,
+    TimelineEvent,
+    VMSpec,
+)
+
+log = logging.getLogger("lab.kubevirt")
+
+
+@dataclass
+class KubeVirtVM:
+    """A VirtualMachine created by this run."""
+
+    spec: VMSpec
+    timeline: Timeline
+    record: VMRecord
+    platform: KubeVirtPlatform
+    ssh_node_port: int
+    http_node_port: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def node(self) -> str:
+        return self.record.node
+
+    def _endpoint(self, port: int) -> Endpoint:
+        return Endpoint(self.platform.node_address(self.record.node), port)
+
+    def ssh_endpoint(self) -> Endpoint:
+        return self._endpoint(self.ssh_node_port)
+
+    def http_endpoint(self) -> Endpoint:
+        return self._endpoint(self.http_node_port)
+
+    def console_tail(self, lines: int = 40) -> str:
+        # The serial console is a websocket subresource; virtproof does not attach to it.
+        # What the cluster says about the VMI is the most useful text here.
+        rec = self.record
+        return (f"VMI {self.name}: phase={rec.phase or '-'} node={rec.node or '-'} "
+                f"printableStatus={rec.printable_status or '-'} {rec.failure}").strip()
+
+
+class KubeVirtPlatform:
+    """Implements ``lab.platform.Platform`` and ``MigratablePlatform`` for a KubeVirt cluster."""
+
+    def __init__(self, config: KubeVirtConfig, conn: Connection, kube: Kube, facts: ClusterFacts,
+                 capabilities: frozenset[Capability], created_namespace: bool) -> None:
+        self.config = config
+        self.conn = conn
+        self.kube = kube
+        self.facts = facts
+        self.namespace = config.effective_namespace
+        self._capabilities = capabilities
+        self.created_namespace = created_namespace
+        self.recorder = Recorder()
+        self.selector = f"{RUN_LABEL}={config.run_id}"
+        self._informers: list[Informer] = []
+        self._keys: RunKeys | None = None
+        self._node_ips: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._migrations = 0
+        self.cordoned: set[str] = set()
+        self.vms: dict[str, KubeVirtVM] = {}
+
+    # construction -----------------------------------------------------------------------
+    @classmethod
+    def open(cls, config: KubeVirtConfig) -> KubeVirtPlatform:
+        """Connect, run the preflight checks, make the namespace, start the informers."""
+        conn = connect(config.connect)
+        kube = Kube(conn)
+        try:
+            namespace = config.effective_namespace
+            needed = list(REQUIRED) + ([] if config.namespace else list(NAMESPACE_PERMS))
+            if config.require_cdi:
+                needed += list(OPTIONAL[Capability.DISK_IMPORT])
+            require_permissions(kube, namespace, needed)
+            facts = inspect_cluster(kube, config.require_cdi)
+            caps = cls._capabilities_for(kube, namespace, facts)
+            created = ensure_namespace(kube, namespace, config.run_id, config.namespace is not None)
+            platform = cls(config, conn, kube, facts, caps, created)
+            platform._start_informers()
+            return platform
+        except BaseException:
+            conn.close()
+            raise
+
+    @staticmethod
+    def _capabilities_for(kube: Kube, namespace: str, facts: ClusterFacts) -> frozenset[Capability]:
+        caps = {Capability.BOOT, Capability.HA_RESTART}
+        kube.conn.limiter.acquire()
+        nodes = [n for n in kube.core.list_node().items if not (n.spec and n.spec.unschedulable)]
+        if len(nodes) >= 2:
+            caps.add(Capability.LIVE_MIGRATION)
+            policies_ok = not check_permissions(kube, namespace, OPTIONAL[Capability.POST_COPY])
+            if policies_ok or facts.migrations.get("allowPostCopy") or facts.policies_allow_postcopy:
+                caps.add(Capability.POST_COPY)
+            if policies_ok or facts.migrations.get("allowAutoConverge") or facts.policies_allow_auto_converge:
+                caps.add(Capability.AUTO_CONVERGE)
+            if policies_ok:
+                caps.update(c for c in POLICY_CAPS if c not in (Capability.POST_COPY, Capability.AUTO_CONVERGE))
+            if not check_permissions(kube, namespace, OPTIONAL[Capability.NODE_DRAIN]):
+                caps.add(Capability.NODE_DRAIN)
+        if facts.cdi_version and not check_permissions(kube, namespace, OPTIONAL[Capability.DISK_IMPORT]):
+            caps.add(Capability.DISK_IMPORT)
+        return frozenset(caps)
+
+    def _start_informers(self) -> None:
+        for res, handler in ((VMI, self.recorder.on_vmi), (VM, self.recorder.on_vm),
+                             (VMIM, self.recorder.on_migration)):
+            informer = Informer(self.kube, res, self.namespace, self.selector, handler)
+            informer.start()
+            self._informers.append(informer)
+        for informer in self._informers:
+            informer.synced.wait(30)
+            if informer.error is not None:
+                raise PlatformError(f"cannot watch {informer.res.plural}: {self.redact(str(informer.error))}")
+
+    # Platform protocol ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return "kubevirt"
+
+    @property
+    def accel(self) -> str:
+        return "tcg" if self.facts.use_emulation else "kvm"
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self._capabilities
+
+    def versions(self) -> dict[str, str]:
+        """For the run manifest: Kubernetes, KubeVirt and (when present) CDI versions."""
+        return self.facts.manifest()
+
+    def redact(self, text: str) -> str:
+        return self.conn.redactor.redact(text)
+
+    def nodes(self) -> Sequence[str]:
+        self.kube.conn.limiter.acquire()
+        out = []
+        for node in self.kube.core.list_node().items:
+            if node.spec and node.spec.unschedulable:
+                continue
+            node_name = str(node.metadata.name if node.metadata else "")
+            out.append(node_name)
+            for addr in (node.status.addresses or []) if node.status else []:
+                if addr.type == "InternalIP":
+                    self._node_ips[node_name] = str(addr.address)
+        return sorted(out)
+
+    def node_address(self, node: str) -> str:
+        if self.config.node_address:
+            return self.config.node_address
+        if node not in self._node_ips:
+            self.kube.conn.limiter.acquire()
+            obj = self.kube.core.read_node(node)
+            for addr in (obj.status.addresses or []) if obj.status else []:
+                if addr.type == "InternalIP":
+                    self._node_ips[node] = str(addr.address)
+        if node not in self._node_ips:
+            raise PlatformError(f"node {node!r} has no InternalIP; set lab.node_address")
+        return self._node_ips[node]
+
+    def _image(self, image: str) -> ImageConfig:
+        try:
+            return self.config.images[image]
+        except KeyError:
+            known = ", ".join(sorted(self.config.images)) or "none"
+            raise PlatformError(f"image {image!r} is not configured for this cluster (known: {known})") from None
+
+    def register_image(self, name: str, image: ImageConfig) -> None:
+        """Make ``name`` usable as ``VMSpec.image`` (e.g. a DataVolume a V2V import made)."""
+        self.config = replace(self.config, images={**self.config.images, name: image})
+
+    def keys(self) -> RunKeys:
+        with self._lock:
+            if self._keys is None:
+                self._keys = run_keys(self.config.state_dir)
+                self.conn.redactor.add([self._keys.host_private_pem])
+            return self._keys
+
+    def guest_access(self, image: str) -> GuestAccess:
+        cfg = self._image(image)
+        if cfg.access is not None:
+            return cfg.access
+        if not cfg.cloud_init:
+            raise PlatformError(f"image {image!r} has no cloud-init and no pinned access configured")
+        keys = self.keys()
+        return GuestAccess(cfg.user, keys.client_private, keys.host_public)
+
+    def manifest_for(self, spec: VMSpec) -> Obj:
+        """The VirtualMachine object ``create_vm`` would send for ``spec``."""
+        cfg = self._image(spec.image)
+        cloud = None
+        if cfg.cloud_init:
+            keys = self.keys()
+            cloud = manifests.CloudInit(cfg.user, keys.client_public, keys.host_private_pem, keys.host_public)
+        return manifests.virtual_machine(spec, self.namespace, self.config.run_id, cfg.source, cloud)
+
+    def create_vm(self, spec: VMSpec) -> KubeVirtVM:
+        body = self.manifest_for(spec)
+        timeline = Timeline()
+        record = self.recorder.track(spec.name, timeline)
+        timeline.add("created", time.time(), "harness")
+        service = manifests.guest_service(spec.name, self.namespace, self.config.run_id)
+        try:
+            self.kube.conn.limiter.acquire()
+            svc = self.kube.core.create_namespaced_service(self.namespace, cast(Any, service))
+            self.kube.create(VM, body, self.namespace)
+        except ApiException as exc:
+            self.recorder.forget(spec.name)
+            raise PlatformError(f"creating VM {spec.name}: {self._api_error(exc)}") from None
+        ports = {p.name: int(p.node_port or 0) for p in ((svc.spec.ports or []) if svc.spec else [])}
+        vm = KubeVirtVM(spec, timeline, record, self, ports.get("ssh", 0), ports.get("http", 0))
+        self.vms[spec.name] = vm
+        return vm
+
+    def _api_error(self, exc: ApiException) -> str:
+        body = str(exc.body or exc.reason or "")
+        return self.redact(f"HTTP {exc.status}: {body[:800]}")
+
+    def _kvm(self, vm: Any) -> KubeVirtVM:
+        if not isinstance(vm, KubeVirtVM) or vm.platform is not self:
+            raise PlatformError(f"{getattr(vm, 'name', vm)!r} is not a VM of this KubeVirt platform")
+        return vm
+
+    def wait_running(self, vm: Any, timeout: float) -> TimelineEvent:
+        kvm = self._kvm(vm)
+        rec = kvm.record
+
+        def done() -> bool:
+            return rec.timeline.get("running") is not None or bool(rec.failure)
+
+        if not self.recorder.wait_for(done, timeout):
+            raise PlatformError(f"VM {kvm.name} not Running after {timeout:.0f} s (VMI phase {rec.phase or 'none'})")
+        event = rec.timeline.get("running")
+        if event is None:
+            raise PlatformError(f"VM {kvm.name} failed: {rec.failure}")
+        return event
+
+    def delete_vm(self, vm: Any) -> None:
+        kvm = self._kvm(vm)
+        rec = kvm.record
+        try:
+            self.kube.delete(VM, kvm.name, self.namespace)
+            self.kube.conn.limiter.acquire()
+            self.kube.core.delete_namespaced_service(f"{kvm.name}-guest", self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise PlatformError(f"deleting VM {kvm.name}: {self._api_error(exc)}") from None
+        if rec.vmi_uid:
+            gone = self.recorder.wait_for(lambda: rec.vmi_deleted, self.config.delete_timeout_s)
+            if not gone:
+                log.warning("VMI %s still present %.0f s after deleting its VM", kvm.name,
+                            self.config.delete_timeout_s)
+        self.vms.pop(kvm.name, None)
+
+    def close(self) -> None:
+        for informer in self._informers:
+            informer.stop()
+        self._informers.clear()
+        self.conn.close()
+
+    # latencies --------------------------------------------------------------------------
+    def latency_quantiles(self) -> list[Quantiles]:
+        """kube-burner vmiLatency quantiles (ms) over every VM this platform tracked."""
+        with self.recorder.cond:
+            per_vm = [dict(r.latencies_ms) for r in self.recorder.vms.values()]
+        return summarize_all(per_vm)
+
+    # migration --------------------------------------------------------------------------
+    def next_migration_name(self, vm: str) -> str:
+        with self._lock:
+            self._migrations += 1
+            return f"{vm}-mig-{self._migrations}"
+
+    def migrate(self, vm: Any, target_node: str, policy: MigrationPolicy) -> MigrationResult:
+        return migration.migrate(self, self._kvm(vm), target_node, policy)
+
+    def evacuate(self, node: str, timeout: float = 300.0, uncordon_after: bool = True) -> list[MigrationResult]:
+        """Drain ``node`` like ``kubectl drain``: cordon, evict virt-launcher pods (KubeVirt turns
+        each eviction into a live migration), wait until every VMI left the node."""
+        return migration.evacuate(self, node, timeout, uncordon_after)
+
+    def cancel_migration(self, name: str) -> None:
+        migration.cancel(self, name)
+
+
+def ensure_namespace(kube: Kube, name: str, run_id: str, given: bool) -> bool:
+    """Create ``virtproof-<run-id>`` (labelled); a namespace the scenario names must exist."""
+    kube.conn.limiter.acquire()
+    try:
+        kube.core.read_namespace(name)
+        return False
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    if given:
+        raise PlatformError(f"namespace {name!r} named by the scenario does not exist")
+    kube.conn.limiter.acquire()
+    kube.core.create_namespace(cast(Any, manifests.namespace(name, run_id)))
+    return True

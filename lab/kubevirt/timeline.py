@@ -1,0 +1,205 @@
+"""Turn watch events into VM timelines: VMI phaseTransitionTimestamps, VMI conditions (Ready,
+AgentConnected), VM printableStatus, and migrations (VMIM phases, VMI migrationState).
+
+``Recorder`` is the informers' handler. It keeps one ``VMRecord`` per VM and wakes waiters.
+Platform timestamps come from the objects; ``observed`` is when the harness saw each change.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from lab.kubevirt.latency import PHASE_NAMES
+from lab.kubevirt.resources import VM_LABEL, Obj
+from lab.platform import Timeline
+
+# VMI phase -> timeline event name
+TIMELINE_NAMES = {"Pending": "vmi_pending", "Scheduling": "vmi_scheduling", "Scheduled": "vmi_scheduled",
+                  "Running": "running", "Succeeded": "vmi_succeeded", "Failed": "vmi_failed"}
+MIGRATION_PHASES = ("Pending", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running",
+                    "Succeeded", "Failed")
+
+
+def parse_time(value: Any) -> float | None:
+    """RFC 3339 (seconds or sub-second precision) -> epoch seconds."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class MigrationRecord:
+    name: str
+    vmi: str
+    phases: dict[str, float] = field(default_factory=dict)
+    phase: str = ""
+    deleted: bool = False
+
+
+@dataclass
+class VMRecord:
+    name: str
+    timeline: Timeline
+    vm_created: float | None = None
+    vmi_created: float | None = None
+    vmi_uid: str = ""
+    phase: str = ""
+    node: str = ""
+    printable_status: str = ""
+    latencies_ms: dict[str, float] = field(default_factory=dict)
+    observed: dict[str, float] = field(default_factory=dict)
+    migration_state: dict[str, Any] = field(default_factory=dict)
+    failure: str = ""
+    vmi_deleted: bool = False
+
+
+class Recorder:
+    """Handler for the VMI, VM and VMIM informers of one namespace."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.vms: dict[str, VMRecord] = {}
+        self.migrations: dict[str, MigrationRecord] = {}
+        self.processing_s = 0.0  # total time spent in handlers (for the benchmark)
+        self.handled = 0
+        self.delays: list[float] = []  # event received -> recorded, seconds (bounded)
+
+    def track(self, name: str, timeline: Timeline) -> VMRecord:
+        with self.cond:
+            record = self.vms.get(name)
+            if record is None:
+                record = VMRecord(name, timeline)
+                self.vms[name] = record
+            else:
+                record.timeline = timeline
+            return record
+
+    def forget(self, name: str) -> None:
+        with self.cond:
+            self.vms.pop(name, None)
+
+    def _add(self, record: VMRecord, name: str, ts: float, now: float, source: str = "platform") -> None:
+        if record.timeline.get(name) is None:
+            record.timeline.add(name, ts, "platform" if source == "platform" else "harness")
+            record.observed[name] = now
+
+    def _record_for(self, obj: Obj) -> VMRecord | None:
+        meta = obj.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(VM_LABEL) or meta.get("name")
+        return self.vms.get(str(name)) if name else None
+
+    # handlers ---------------------------------------------------------------------------
+    def on_vmi(self, kind: str, obj: Obj, received: float) -> None:
+        start = time.perf_counter()
+        with self.cond:
+            record = self._record_for(obj)
+            if record is not None:
+                self._vmi(record, kind, obj, received)
+                self.cond.notify_all()
+        self._account(start, received)
+
+    def _vmi(self, record: VMRecord, kind: str, obj: Obj, received: float) -> None:
+        meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+        uid = str(meta.get("uid") or "")
+        if kind == "DELETED":
+            if uid == record.vmi_uid:
+                record.vmi_deleted = True
+            return
+        if uid and uid != record.vmi_uid:
+            record.vmi_uid, record.vmi_deleted = uid, False
+        created = parse_time(meta.get("creationTimestamp"))
+        if created is not None and record.vmi_created is None:
+            record.vmi_created = created
+            self._add(record, "vmi_created", created, received)
+            self._latency(record, "VMICreated", created)
+        for item in status.get("phaseTransitionTimestamps") or []:
+            phase, ts = item.get("phase"), parse_time(item.get("phaseTransitionTimestamp"))
+            if ts is None or phase not in TIMELINE_NAMES:
+                continue
+            self._add(record, TIMELINE_NAMES[phase], ts, received)
+            if phase in PHASE_NAMES:
+                self._latency(record, PHASE_NAMES[phase], ts)
+        record.phase = str(status.get("phase") or record.phase)
+        record.node = str(status.get("nodeName") or record.node)
+        for condition in status.get("conditions") or []:
+            if condition.get("status") != "True":
+                continue
+            ts = parse_time(condition.get("lastTransitionTime")) or received
+            if condition.get("type") == "Ready":
+                self._add(record, "vmi_ready", ts, received)
+                self._latency(record, "VMIReady", ts)
+            elif condition.get("type") == "AgentConnected":
+                self._add(record, "agent_connected", ts, received)
+        if record.phase == "Failed":
+            record.failure = str(status.get("reason") or "VMI failed")
+        state = status.get("migrationState")
+        if isinstance(state, dict):
+            record.migration_state = state
+
+    def _latency(self, record: VMRecord, name: str, ts: float) -> None:
+        base = record.vm_created if record.vm_created is not None else record.vmi_created
+        if base is not None and name not in record.latencies_ms:
+            record.latencies_ms[name] = round((ts - base) * 1000.0, 3)
+
+    def on_vm(self, kind: str, obj: Obj, received: float) -> None:
+        start = time.perf_counter()
+        with self.cond:
+            record = self._record_for(obj)
+            if record is not None and kind != "DELETED":
+                meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+                created = parse_time(meta.get("creationTimestamp"))
+                if created is not None and record.vm_created is None:
+                    record.vm_created = created
+                    record.latencies_ms = {}
+                    self._add(record, "vm_created", created, received)
+                printable = str(status.get("printableStatus") or "")
+                if printable and printable != record.printable_status:
+                    record.printable_status = printable
+                    self._add(record, f"vm_{printable.lower()}", received, received, source="harness")
+                if status.get("ready") is True:
+                    ts = received
+                    for condition in status.get("conditions") or []:
+                        if condition.get("type") == "Ready" and condition.get("status") == "True":
+                            ts = parse_time(condition.get("lastTransitionTime")) or received
+                    self._add(record, "vm_ready", ts, received)
+                    self._latency(record, "VMReady", ts)
+                self.cond.notify_all()
+        self._account(start, received)
+
+    def on_migration(self, kind: str, obj: Obj, received: float) -> None:
+        start = time.perf_counter()
+        with self.cond:
+            meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+            name = str(meta.get("name"))
+            record = self.migrations.get(name)
+            if record is None:
+                record = MigrationRecord(name, str((obj.get("spec") or {}).get("vmiName") or ""))
+                self.migrations[name] = record
+            if kind == "DELETED":
+                record.deleted = True
+            for item in status.get("phaseTransitionTimestamps") or []:
+                ts = parse_time(item.get("phaseTransitionTimestamp"))
+                if ts is not None and item.get("phase"):
+                    record.phases.setdefault(str(item["phase"]), ts)
+            record.phase = str(status.get("phase") or record.phase)
+            self.cond.notify_all()
+        self._account(start, received)
+
+    def _account(self, start: float, received: float) -> None:
+        end = time.perf_counter()
+        self.processing_s += end - start
+        self.handled += 1
+        if len(self.delays) < 200_000:
+            self.delays.append(time.time() - received)
+
+    # waiting ----------------------------------------------------------------------------
+    def wait_for(self, predicate: Any, timeout: float) -> bool:
+        with self.cond:
+            return bool(self.cond.wait_for(predicate, timeout))

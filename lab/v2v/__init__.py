@@ -1,0 +1,1 @@
+"""Pre-migration validation: inspect, convert and prove-boot source disks (``virtproof premigrate``)."""

@@ -1,0 +1,135 @@
+"""HTML rendering (jinja2, autoescape on) for a run's report.html and the comparison page.
+
+Everything is inline (CSS, charts as data: PNGs) and the page carries a Content-Security-Policy
+that forbids scripts and any fetch, so a report opens offline and a string from the results
+(a VM name, a skip reason) can only ever appear as text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from reports.charts import Chart
+from reports.frame import RunInfo
+from reports.gates import GateResult
+from reports.parity import ParityMatrix
+
+MAX_HTML_STAT_ROWS = 400
+KEY_METRICS = (
+    "boot.time_to_ssh_s",
+    "boot.time_to_running_s",
+    "boot.time_to_command_s",
+    "migration.total_s",
+    "migration.downtime_ms",
+    "migration.guest_downtime_ms",
+    "density.capacity_vms",
+    "density.vm_overhead_mib",
+)
+
+
+def _num(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _pretty(value: object) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("reports", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
+    env.filters["num"] = _num
+    env.filters["tojson_pretty"] = _pretty
+    return env
+
+
+def _common() -> dict[str, Any]:
+    from virtproof import __version__
+
+    return {"version": __version__, "generated": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def key_numbers(stats: pd.DataFrame) -> list[dict[str, Any]]:
+    """Aggregate rows of the key metrics first, then any others, at most 8 cards."""
+    rows = stats[stats["labels"] == ""]
+    if rows.empty:
+        return []
+    order = {m: i for i, m in enumerate(KEY_METRICS)}
+    records: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in rows.to_dict("records")]
+    records.sort(key=lambda r: (order.get(str(r["metric"]), len(order)), str(r["metric"])))
+    return records[:8]
+
+
+def manifest_parts(manifest: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    sections = []
+    summary = {}
+    for key in sorted(manifest):
+        value = manifest[key]
+        if isinstance(value, Mapping) and value:
+            sections.append((key, dict(value)))
+        else:
+            summary[key] = value
+    return summary, sections
+
+
+def render_run(
+    run: RunInfo,
+    stats: pd.DataFrame,
+    gates: Sequence[GateResult],
+    charts: Sequence[Chart],
+    matrix: ParityMatrix,
+    notes: Sequence[str],
+    worst: pd.DataFrame | None = None,
+) -> str:
+    summary, sections = manifest_parts(run.manifest)
+    stat_rows = stats.to_dict("records")
+    problems = [o for o in matrix.outcomes if o.outcome != "passed"]
+    return environment().get_template("report.html.j2").render(
+        run=run,
+        platform=matrix.platform,
+        gates=gates,
+        gates_passed=all(g.passed for g in gates),
+        charts=charts,
+        matrix=matrix,
+        suites=matrix.suite_counts(),
+        problems=problems,
+        stats=stat_rows[:MAX_HTML_STAT_ROWS],
+        stats_total=len(stat_rows),
+        stats_truncated=len(stat_rows) > MAX_HTML_STAT_ROWS,
+        key_numbers=key_numbers(stats),
+        notes=notes,
+        worst=[] if worst is None else worst.to_dict("records"),
+        manifest_summary=summary,
+        manifest_sections=sections,
+        **_common(),
+    )
+
+
+def render_comparison_html(context: Mapping[str, Any]) -> str:
+    return environment().get_template("comparison.html.j2").render(**context, **_common())

@@ -1,0 +1,116 @@
+"""Scenario models for the KubeVirt labs: ``kind``, ``kubeadm`` and ``existing``.
+
+All three share how the harness talks to the cluster (``KubeAccess``): kubeconfig and context
+(else ``KUBECONFIG``, else in-cluster config), the namespace (default ``virtproof-<run-id>``),
+client-side rate limits, and the images VMs boot from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Pinned versions the kind and kubeadm labs install (operator + CR manifests from the releases).
+KUBEVIRT_VERSION = "v1.5.2"
+CDI_VERSION = "v1.61.1"
+KUBERNETES_VERSION = "1.31"
+KIND_NODE_IMAGE = "kindest/node:v1.31.6"
+
+_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_VERSION = r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$"
+
+
+class ImageSource(Strict):
+    """Where a VM image comes from on the cluster, and how to log into it.
+
+    Exactly one of ``container_disk`` (a containerDisk image) or ``http`` (a URL CDI imports
+    into a DataVolume) is set. ``cloud_init: true`` means the image runs cloud-init: the run's
+    SSH key and a pinned host key are injected, and the HTTP responder is started from it.
+    """
+
+    container_disk: str | None = None
+    http: str | None = Field(None, pattern=r"^https?://")
+    user: str = Field("root", min_length=1)
+    cloud_init: bool = True
+    disk_size: str = Field("1Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
+    storage_class: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageSource:
+        if (self.container_disk is None) == (self.http is None):
+            raise ValueError("needs exactly one of container_disk or http")
+        return self
+
+
+class KubeAccess(Strict):
+    kubeconfig: str | None = Field(None, description="path; default $KUBECONFIG, then in-cluster")
+    context: str | None = None
+    namespace: str | None = Field(None, pattern=_NAME, max_length=63)
+    qps: float = Field(20.0, gt=0, le=10_000)
+    burst: int = Field(20, ge=1, le=10_000)
+    node_address: str | None = Field(
+        None, description="address to reach NodePorts on; default: each node's InternalIP"
+    )
+    require_cdi: bool = False
+    images: dict[str, ImageSource] = Field(
+        default_factory=lambda: {
+            "micro": ImageSource(container_disk="quay.io/containerdisks/fedora:41", user="fedora")
+        }
+    )
+
+
+class KindLab(KubeAccess):
+    """A kind cluster made for the run (needs Docker or podman and the ``kind`` binary)."""
+
+    kind: Literal["kind"]
+    cluster_name: str = Field("virtproof", pattern=_NAME, max_length=40)
+    nodes: int = Field(2, ge=1, le=8, description="1 control plane + nodes-1 workers")
+    node_image: str = KIND_NODE_IMAGE
+    kubevirt_version: str = Field(KUBEVIRT_VERSION, pattern=_VERSION)
+    cdi_version: str = Field(CDI_VERSION, pattern=_VERSION)
+    emulation: Literal["auto", "on", "off"] = Field(
+        "auto", description="developerConfiguration.useEmulation; auto: on unless KVM boots"
+    )
+    keep: bool = False
+
+
+class KubeadmHost(Strict):
+    address: str = Field(min_length=1)
+    user: str = Field("root", min_length=1)
+    key: str = Field(min_length=1, description="path to the SSH private key")
+    port: int = Field(22, ge=1, le=65535)
+    role: Literal["control-plane", "worker"] = "worker"
+    host_key: str | None = Field(None, description="pinned 'ssh-ed25519 AAAA...'; else trust on first use")
+
+
+class KubeadmLab(KubeAccess):
+    """A cluster made with kubeadm on hosts reached over SSH."""
+
+    kind: Literal["kubeadm"]
+    hosts: list[KubeadmHost] = Field(min_length=1)
+    kubernetes_version: str = Field(KUBERNETES_VERSION, pattern=r"^\d+\.\d+$")
+    pod_cidr: str = "10.244.0.0/16"
+    cni: Literal["flannel"] = "flannel"
+    kubevirt_version: str = Field(KUBEVIRT_VERSION, pattern=_VERSION)
+    cdi_version: str = Field(CDI_VERSION, pattern=_VERSION)
+    emulation: Literal["auto", "on", "off"] = "auto"
+    keep: bool = True
+
+    @model_validator(mode="after")
+    def _one_control_plane(self) -> KubeadmLab:
+        planes = [h for h in self.hosts if h.role == "control-plane"]
+        if len(planes) != 1:
+            raise ValueError(f"needs exactly one host with role control-plane (has {len(planes)})")
+        return self
+
+
+class ExistingLab(KubeAccess):
+    """Attach to a running cluster with KubeVirt; install nothing."""
+
+    kind: Literal["existing"]

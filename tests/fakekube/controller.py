@@ -1,0 +1,478 @@
+"""The fake cluster's controllers, advancing objects the way KubeVirt and CDI document:
+
+- VirtualMachine (runStrategy Always/RerunOnFailure) -> its DataVolumes -> a VMI; VM
+  ``printableStatus`` Provisioning/Starting/Running/Stopped, ``ready``, Ready condition.
+- VMI phases Pending -> Scheduling -> Scheduled -> Running, each in
+  ``status.phaseTransitionTimestamps``; ``nodeName``; a virt-launcher pod carrying the VMI's
+  labels; the Ready condition once the guest process runs (virt-handler = ``GuestRunner``).
+- VirtualMachineInstanceMigration phases Pending, Scheduling, Scheduled, PreparingTarget,
+  TargetReady, Running, Succeeded/Failed, with the VMI's ``status.migrationState``;
+  deleting an unfinished migration aborts it (abortRequested, abortStatus).
+- Pod eviction of a LiveMigrate VMI's launcher: refused with 429, an evacuation migration
+  created instead (KubeVirt's eviction webhook + evacuation controller).
+- DataVolume phases Pending -> ImportScheduled -> ImportInProgress -> Succeeded; the http
+  source is really downloaded.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.fakekube.guests import GuestRequest, GuestRunner, MigrationCancelled
+from tests.fakekube.proxy import NodePortProxy
+from tests.fakekube.store import Change, NotFound, Obj, Store, matches, now_rfc3339
+
+VM = "kubevirt.io/v1/virtualmachines"
+VMI = "kubevirt.io/v1/virtualmachineinstances"
+VMIM = "kubevirt.io/v1/virtualmachineinstancemigrations"
+POLICY = "migrations.kubevirt.io/v1alpha1/migrationpolicies"
+DV = "cdi.kubevirt.io/v1beta1/datavolumes"
+POD = "v1/pods"
+SVC = "v1/services"
+NODE = "v1/nodes"
+NS = "v1/namespaces"
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def _owner(obj: Obj, kind: str, api_version: str = "kubevirt.io/v1") -> Obj:
+    meta = obj["metadata"]
+    return {"apiVersion": api_version, "kind": kind, "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _add_phase(status: Obj, phase: str) -> None:
+    status["phase"] = phase
+    status.setdefault("phaseTransitionTimestamps", []).append(
+        {"phase": phase, "phaseTransitionTimestamp": now_rfc3339()})
+
+
+def _set_condition(status: Obj, ctype: str, value: str, reason: str = "") -> None:
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != ctype]
+    cond = {"type": ctype, "status": value, "lastTransitionTime": now_rfc3339(), "lastProbeTime": None}
+    if reason:
+        cond["reason"] = reason
+    conditions.append(cond)
+    status["conditions"] = conditions
+
+
+class Controller:
+    def __init__(self, store: Store, runner: GuestRunner, proxy: NodePortProxy, step_s: float = 0.02,
+                 download_dir: Path | None = None) -> None:
+        self.store = store
+        self.runner = runner
+        self.proxy = proxy
+        self.step_s = step_s
+        self.download_dir = download_dir
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fake-handler")
+        self._cancel: dict[str, threading.Event] = {}  # migration name -> cancel flag
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._loop, name="fake-controller", daemon=True)
+        store.listeners.append(self._on_change)
+        proxy.resolve = self._resolve_node_port
+        self.migrations_enabled = True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        for flag in self._cancel.values():
+            flag.set()
+        self._thread.join(5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # scheduling -------------------------------------------------------------------------
+    def later(self, delay: float, fn: Callable[[], None]) -> None:
+        with self._cv:
+            heapq.heappush(self._queue, (time.monotonic() + delay, next(self._seq), fn))
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and (not self._queue or self._queue[0][0] > time.monotonic()):
+                    timeout = self._queue[0][0] - time.monotonic() if self._queue else None
+                    self._cv.wait(timeout)
+                if self._stop:
+                    return
+                _, _, fn = heapq.heappop(self._queue)
+            try:
+                fn()
+            except NotFound:
+                pass  # the object went away meanwhile
+
+    def _on_change(self, change: Change) -> None:
+        handler = {VM: self._vm_changed, VMI: self._vmi_changed, VMIM: self._vmim_changed,
+                   DV: self._dv_changed}.get(change.gvr)
+        if handler is not None:
+            self.later(0, lambda: handler(change))
+
+    def _work(self, fn: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                fn()
+            except NotFound:
+                pass
+            except (OSError, RuntimeError, ValueError) as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+        self._pool.submit(run)
+
+    # VirtualMachine ---------------------------------------------------------------------
+    def _vm_changed(self, change: Change) -> None:
+        vm, ns = change.obj, change.namespace
+        name = vm["metadata"]["name"]
+        if change.type == "DELETED":
+            for gvr in (VMI, DV):
+                for item in self.store.list(gvr, ns)[0]:
+                    owners = item["metadata"].get("ownerReferences") or []
+                    if any(o.get("uid") == vm["metadata"]["uid"] for o in owners):
+                        self.store.delete(gvr, ns, item["metadata"]["name"])
+            return
+        if change.type != "ADDED":
+            return
+        strategy = vm["spec"].get("runStrategy") or ("Always" if vm["spec"].get("running") else "Halted")
+        if strategy not in ("Always", "RerunOnFailure"):
+            self._vm_status(ns, name, "Stopped", ready=False)
+            return
+        pending_dvs = []
+        for template in vm["spec"].get("dataVolumeTemplates") or []:
+            dv = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+                  "metadata": {**template.get("metadata", {}), "ownerReferences": [_owner(vm, "VirtualMachine")]},
+                  "spec": template["spec"]}
+            self.store.create(DV, ns, dv)
+            pending_dvs.append(dv["metadata"]["name"])
+        self._vm_status(ns, name, "Provisioning" if pending_dvs else "Starting", ready=False, created=False)
+        self.later(self.step_s, lambda: self._start_vmi_when_ready(ns, name, pending_dvs))
+
+    def _vm_status(self, ns: str, name: str, printable: str, ready: bool, created: bool | None = None) -> None:
+        def mutate(obj: Obj) -> None:
+            status = obj.setdefault("status", {})
+            status["printableStatus"] = printable
+            status["ready"] = ready
+            if created is not None:
+                status["created"] = created
+            _set_condition(status, "Ready", "True" if ready else "False")
+        self.store.update(VM, ns, name, mutate)
+
+    def _start_vmi_when_ready(self, ns: str, name: str, dvs: list[str]) -> None:
+        vm = self.store.get(VM, ns, name)
+        for dv in dvs:
+            phase = (self.store.get(DV, ns, dv).get("status") or {}).get("phase")
+            if phase == "Failed":
+                self._vm_status(ns, name, "DataVolumeError", ready=False)
+                return
+            if phase != "Succeeded":
+                self.later(self.step_s * 5, lambda: self._start_vmi_when_ready(ns, name, dvs))
+                return
+        template = vm["spec"]["template"]
+        vmi = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+               "metadata": {"name": name, "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+                            "ownerReferences": [_owner(vm, "VirtualMachine")]},
+               "spec": template["spec"]}
+        self.store.create(VMI, ns, vmi)
+        self._vm_status(ns, name, "Starting", ready=False, created=True)
+
+    # VirtualMachineInstance -------------------------------------------------------------
+    def _vmi_changed(self, change: Change) -> None:
+        vmi, ns = change.obj, change.namespace
+        name = vmi["metadata"]["name"]
+        if change.type == "DELETED":
+            self.runner.stop(name)
+            for pod in self.store.list(POD, ns, f"kubevirt.io/created-by={vmi['metadata']['uid']}")[0]:
+                self.store.delete(POD, ns, pod["metadata"]["name"])
+            if self.store.exists(VM, ns, name):
+                self._vm_status(ns, name, "Stopped", ready=False, created=False)
+            return
+        if change.type == "ADDED":
+            self.store.update(VMI, ns, name, lambda o: _add_phase(o.setdefault("status", {}), "Pending"))
+            self.later(self.step_s, lambda: self._schedule(ns, name))
+
+    def _nodes(self) -> list[str]:
+        return [n["metadata"]["name"] for n in self.store.list(NODE, None)[0]
+                if not (n.get("spec") or {}).get("unschedulable")]
+
+    def _pick_node(self, selector: dict[str, str], exclude: str = "") -> str | None:
+        load: dict[str, int] = dict.fromkeys(self._nodes(), 0)
+        for vmi in self.store.list(VMI, None)[0]:
+            node = (vmi.get("status") or {}).get("nodeName")
+            if node in load:
+                load[node] += 1
+        candidates = [n for n in load if n != exclude and selector.get(HOSTNAME, n) == n]
+        return min(candidates, key=lambda n: (load[n], n)) if candidates else None
+
+    def _schedule(self, ns: str, name: str) -> None:
+        vmi = self.store.get(VMI, ns, name)
+        node = self._pick_node(vmi["spec"].get("nodeSelector") or {})
+        if node is None:
+            self.later(self.step_s * 10, lambda: self._schedule(ns, name))
+            return
+        self.store.update(VMI, ns, name, lambda o: _add_phase(o["status"], "Scheduling"))
+        self._launcher_pod(vmi, ns, node)
+        self.later(self.step_s, lambda: self._scheduled(ns, name, node))
+
+    def _launcher_pod(self, vmi: Obj, ns: str, node: str) -> Obj:
+        labels = dict(vmi["metadata"].get("labels") or {})
+        labels.update({"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": vmi["metadata"]["uid"],
+                       "vm.kubevirt.io/name": vmi["metadata"]["name"]})
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"virt-launcher-{vmi['metadata']['name']}-{uuid.uuid4().hex[:5]}",
+                            "labels": labels, "ownerReferences": [_owner(vmi, "VirtualMachineInstance")]},
+               "spec": {"nodeName": node, "containers": [{"name": "compute", "image": "virt-launcher"}]},
+               "status": {"phase": "Running"}}
+        return self.store.create(POD, ns, pod)
+
+    def _scheduled(self, ns: str, name: str, node: str) -> None:
+        def mutate(o: Obj) -> None:
+            o["status"]["nodeName"] = node
+            _add_phase(o["status"], "Scheduled")
+            o["metadata"].setdefault("labels", {})["kubevirt.io/nodeName"] = node
+        vmi = self.store.update(VMI, ns, name, mutate)
+        spec = vmi["spec"]
+        volumes = spec.get("volumes") or []
+        root = next((v for v in volumes if v.get("name") == "rootdisk"), volumes[0] if volumes else {})
+        image = (root.get("containerDisk") or {}).get("image") or (root.get("dataVolume") or {}).get("name", "")
+        memory = ((spec["domain"].get("memory") or {}).get("guest")
+                  or ((spec["domain"].get("resources") or {}).get("requests") or {}).get("memory") or "256Mi")
+        req = GuestRequest(name, ns, node, str(image), int((spec["domain"].get("cpu") or {}).get("cores") or 1),
+                           _mib(str(memory)))
+
+        def handler() -> None:
+            self.runner.start(req)
+            self.later(0, lambda: self._running(ns, name))
+        self._work(handler)
+
+    def _running(self, ns: str, name: str) -> None:
+        def mutate(o: Obj) -> None:
+            _add_phase(o["status"], "Running")
+            _set_condition(o["status"], "Ready", "True")
+        self.store.update(VMI, ns, name, mutate)
+        if self.store.exists(VM, ns, name):
+            self._vm_status(ns, name, "Running", ready=True, created=True)
+
+    # migrations -------------------------------------------------------------------------
+    def _policy_for(self, vmi: Obj) -> Obj | None:
+        labels = vmi["metadata"].get("labels") or {}
+        for policy in self.store.list(POLICY, None)[0]:
+            selector = ((policy["spec"].get("selectors") or {}).get("virtualMachineInstanceSelector")) or {}
+            if selector and matches([(k, "=", v) for k, v in selector.items()], labels):
+                return policy
+        return None
+
+    def _vmim_changed(self, change: Change) -> None:
+        mig, ns = change.obj, change.namespace
+        name = mig["metadata"]["name"]
+        if change.type == "DELETED":
+            flag = self._cancel.get(name)
+            if flag is not None and not flag.is_set():
+                flag.set()
+            return
+        if change.type != "ADDED":
+            return
+        self._cancel[name] = threading.Event()
+        self.store.update(VMIM, ns, name, lambda o: _add_phase(o.setdefault("status", {}), "Pending"))
+        self.later(self.step_s, lambda: self._migration_schedule(ns, name))
+
+    def _mig_phase(self, ns: str, name: str, phase: str) -> bool:
+        if self._cancel[name].is_set():
+            return False
+        self.store.update(VMIM, ns, name, lambda o: _add_phase(o["status"], phase))
+        return True
+
+    def _fail_migration(self, ns: str, name: str, vmi_name: str, reason: str) -> None:
+        if self.store.exists(VMIM, ns, name):
+            self.store.update(VMIM, ns, name, lambda o: _add_phase(o["status"], "Failed"))
+
+        def mutate(o: Obj) -> None:
+            state = o["status"].setdefault("migrationState", {})
+            state.update({"failed": True, "failureReason": reason, "endTimestamp": now_rfc3339(),
+                          "completed": False})
+        if self.store.exists(VMI, ns, vmi_name):
+            self.store.update(VMI, ns, vmi_name, mutate)
+
+    def _migration_schedule(self, ns: str, name: str) -> None:
+        mig = self.store.get(VMIM, ns, name)
+        vmi_name = mig["spec"]["vmiName"]
+        vmi = self.store.get(VMI, ns, vmi_name)
+        if vmi["status"].get("phase") != "Running":
+            self._fail_migration(ns, name, vmi_name, "VMI is not running")
+            return
+        source = vmi["status"]["nodeName"]
+        target = self._pick_node(mig["spec"].get("addedNodeSelector") or {}, exclude=source)
+        if not self._mig_phase(ns, name, "Scheduling"):
+            return
+        if target is None:
+            self._fail_migration(ns, name, vmi_name, "no schedulable target node")
+            return
+        self._launcher_pod(vmi, ns, target)
+        policy = self._policy_for(vmi)
+        steps = ["Scheduled", "PreparingTarget", "TargetReady"]
+
+        def advance() -> None:
+            if not steps:
+                self._migration_run(ns, name, vmi_name, mig["metadata"]["uid"], source, target, policy)
+                return
+            if self._mig_phase(ns, name, steps.pop(0)):
+                self.later(self.step_s, advance)
+            else:
+                self._aborted(ns, vmi_name, mig["metadata"]["uid"], source, target)
+        self.later(self.step_s, advance)
+
+    def _migration_run(self, ns: str, name: str, vmi_name: str, uid: str, source: str, target: str,
+                       policy: Obj | None) -> None:
+        if not self._mig_phase(ns, name, "Running"):
+            self._aborted(ns, vmi_name, uid, source, target)
+            return
+        spec = (policy or {}).get("spec") or {}
+        postcopy = bool(spec.get("allowPostCopy"))
+        bandwidth = spec.get("bandwidthPerMigration")
+
+        def mutate(o: Obj) -> None:
+            o["status"]["migrationState"] = {
+                "migrationUid": uid, "sourceNode": source, "targetNode": target,
+                "startTimestamp": now_rfc3339(), "mode": "PreCopy", "completed": False, "failed": False,
+                **({"migrationPolicyName": policy["metadata"]["name"]} if policy else {}),
+            }
+        self.store.update(VMI, ns, vmi_name, mutate)
+        flag = self._cancel[name]
+
+        def handler() -> None:
+            try:
+                mode = self.runner.migrate(vmi_name, target, postcopy, _mib(str(bandwidth)) if bandwidth else None,
+                                           flag)
+            except MigrationCancelled:
+                self.later(0, lambda: self._aborted(ns, vmi_name, uid, source, target))
+                return
+            except (OSError, RuntimeError, ValueError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                self.later(0, lambda: self._fail_migration(ns, name, vmi_name, reason))
+                return
+            self.later(0, lambda: self._migrated(ns, name, vmi_name, uid, source, target, mode))
+        self._work(handler)
+
+    def _migrated(self, ns: str, name: str, vmi_name: str, uid: str, source: str, target: str, mode: str) -> None:
+        def mutate(o: Obj) -> None:
+            o["status"]["nodeName"] = target
+            o["metadata"].setdefault("labels", {})["kubevirt.io/nodeName"] = target
+            o["status"].pop("evacuationNodeName", None)
+            state = o["status"]["migrationState"]
+            state.update({"completed": True, "endTimestamp": now_rfc3339(), "mode": mode})
+        self.store.update(VMI, ns, vmi_name, mutate)
+        for pod in self.store.list(POD, ns, f"vm.kubevirt.io/name={vmi_name}")[0]:
+            if pod["spec"]["nodeName"] == source:
+                self.store.delete(POD, ns, pod["metadata"]["name"])
+        if self.store.exists(VMIM, ns, name):
+            self.store.update(VMIM, ns, name, lambda o: _add_phase(o["status"], "Succeeded"))
+
+    def _aborted(self, ns: str, vmi_name: str, uid: str, source: str, target: str) -> None:
+        def mutate(o: Obj) -> None:
+            state = o["status"].setdefault("migrationState", {"migrationUid": uid, "sourceNode": source,
+                                                             "targetNode": target})
+            state.update({"abortRequested": True, "abortStatus": "Succeeded", "failed": True,
+                          "completed": False, "endTimestamp": now_rfc3339(),
+                          "failureReason": "migration aborted by deleting its VirtualMachineInstanceMigration"})
+        if self.store.exists(VMI, ns, vmi_name):
+            self.store.update(VMI, ns, vmi_name, mutate)
+        for pod in self.store.list(POD, ns, f"vm.kubevirt.io/name={vmi_name}")[0]:
+            if pod["spec"]["nodeName"] == target:
+                self.store.delete(POD, ns, pod["metadata"]["name"])
+
+    def evict(self, ns: str, pod_name: str) -> tuple[int, str]:
+        """KubeVirt's eviction webhook for virt-launcher pods of LiveMigrate VMIs."""
+        pod = self.store.get(POD, ns, pod_name)
+        vmi_name = (pod["metadata"].get("labels") or {}).get("vm.kubevirt.io/name")
+        if not vmi_name or not self.store.exists(VMI, ns, vmi_name):
+            self.store.delete(POD, ns, pod_name)
+            return 201, ""
+        vmi = self.store.get(VMI, ns, vmi_name)
+        if vmi["spec"].get("evictionStrategy") not in ("LiveMigrate", "LiveMigrateIfPossible"):
+            self.store.delete(VMI, ns, vmi_name)
+            return 201, ""
+        node = pod["spec"]["nodeName"]
+        self.store.update(VMI, ns, vmi_name, lambda o: o["status"].__setitem__("evacuationNodeName", node))
+        self.store.create(VMIM, ns, {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+                                     "metadata": {"generateName": "kubevirt-evacuation-",
+                                                  "labels": {"kubevirt.io/vmi-name": vmi_name}},
+                                     "spec": {"vmiName": vmi_name}})
+        return 429, f"Eviction triggered evacuation of VMI \"{ns}/{vmi_name}\""
+
+    # DataVolumes ------------------------------------------------------------------------
+    def _dv_changed(self, change: Change) -> None:
+        if change.type != "ADDED":
+            return
+        dv, ns = change.obj, change.namespace
+        name = dv["metadata"]["name"]
+
+        def phase(p: str, progress: str = "N/A") -> None:
+            def mutate(o: Obj) -> None:
+                status = o.setdefault("status", {})
+                status["phase"], status["progress"] = p, progress
+                _set_condition(status, "Bound", "True" if p != "Pending" else "False")
+                _set_condition(status, "Running", "True" if p == "ImportInProgress" else "False")
+                _set_condition(status, "Ready", "True" if p == "Succeeded" else "False")
+            self.store.update(DV, ns, name, mutate)
+
+        phase("Pending")
+        url = ((dv["spec"].get("source") or {}).get("http") or {}).get("url")
+
+        def importer() -> None:
+            self.later(0, lambda: phase("ImportScheduled"))
+            time.sleep(self.step_s)
+            self.later(0, lambda: phase("ImportInProgress", "0.00%"))
+            try:
+                if url:
+                    self._download(str(url), ns, name)
+            except OSError as exc:
+                self.errors.append(f"import {name}: {exc}")
+                self.later(0, lambda: phase("Failed"))
+                return
+            self.later(0, lambda: phase("Succeeded", "100.0%"))
+        self._work(importer)
+
+    def _download(self, url: str, ns: str, name: str) -> Path | None:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            if self.download_dir is None:
+                while response.read(1 << 20):
+                    pass
+                return None
+            dest = self.download_dir / f"{ns}-{name}.img"
+            with open(dest, "wb") as fh:
+                while chunk := response.read(1 << 20):
+                    fh.write(chunk)
+            return dest
+
+    # kube-proxy -------------------------------------------------------------------------
+    def _resolve_node_port(self, node_port: int) -> tuple[str, int] | None:
+        for svc in self.store.list(SVC, None)[0]:
+            for port in (svc.get("spec") or {}).get("ports") or []:
+                if port.get("nodePort") != node_port:
+                    continue
+                ns = svc["metadata"]["namespace"]
+                selector = [(k, "=", v) for k, v in (svc["spec"].get("selector") or {}).items()]
+                for vmi in self.store.list(VMI, ns)[0]:
+                    if matches(selector, vmi["metadata"].get("labels") or {}):
+                        return self.runner.endpoint(vmi["metadata"]["name"], int(port.get("targetPort") or 0))
+        return None
+
+
+def _mib(quantity: str) -> int:
+    q = quantity.strip()
+    for suffix, factor in (("Gi", 1024), ("Mi", 1), ("G", 1000), ("M", 1)):
+        if q.endswith(suffix):
+            return int(float(q[: -len(suffix)]) * factor)
+    return max(1, int(q) // (1024 * 1024))
+
+

@@ -1,0 +1,107 @@
+"""``virtproof lab up|down|status|clean|plan SCENARIO``: manage a scenario's lab by hand.
+
+``up`` leaves the lab running for later ``virtproof run``s of the same scenario (they attach
+to it instead of creating their own); ``down`` removes it. ``clean`` removes what killed runs
+left behind (their qemu processes, namespaces, links and files), and only that.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from lab.factory import (
+    forget_persistent,
+    leftovers_cleaners,
+    open_lab,
+    persistent_lab_id,
+    remember_persistent,
+)
+from reports.results import new_run_id
+from scenarios.model import LoadedScenario, ScenarioError, load_scenario
+from virtproof.errors import EXIT_OK, LabUnavailable, UsageError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("lab", help="bring a scenario's lab up or down, show it, clean leftovers, print its plan")
+    lsub = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    for name, func, text in (
+        ("up", up, "bring the lab up and leave it running"),
+        ("down", down, "tear down a lab brought up with `lab up`"),
+        ("status", status, "show the scenario's lab, its nodes and VMs"),
+        ("clean", clean, "remove what killed runs left behind (only that)"),
+        ("plan", plan, "print every command and manifest the lab would run or apply, without running it"),
+    ):
+        a = lsub.add_parser(name, help=text)
+        a.add_argument("scenario", type=Path, nargs="?" if name == "clean" else None, help="scenario YAML file")
+        a.set_defaults(func=func)
+
+
+def _load(path: Path) -> LoadedScenario:
+    try:
+        return load_scenario(path)
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def up(args: argparse.Namespace) -> int:
+    loaded = _load(args.scenario)
+    existing = persistent_lab_id(loaded.scenario)
+    if existing:
+        print(f"lab {existing} is already up for {loaded.scenario.name}")
+        return EXIT_OK
+    lab_id = f"{loaded.scenario.name}-{new_run_id()}"
+    handle = open_lab(loaded.scenario, lab_id, persistent=True)
+    console = Console(stderr=True, highlight=False)
+    try:
+        with console.status("bringing the lab up") as st:
+            platform = handle.up(lambda m: st.update(m))
+    except RuntimeError as exc:
+        raise LabUnavailable(str(exc)) from None
+    platform.close()
+    remember_persistent(loaded.scenario, lab_id)
+    print("\n".join(handle.status()))
+    return EXIT_OK
+
+
+def down(args: argparse.Namespace) -> int:
+    loaded = _load(args.scenario)
+    lab_id = persistent_lab_id(loaded.scenario)
+    if lab_id is None:
+        print(f"no lab is up for {loaded.scenario.name}")
+        return EXIT_OK
+    removed = open_lab(loaded.scenario, lab_id).down()
+    forget_persistent(loaded.scenario)
+    print(f"lab {lab_id} down: removed {len(removed)} resource(s)")
+    return EXIT_OK
+
+
+def status(args: argparse.Namespace) -> int:
+    loaded = _load(args.scenario)
+    lab_id = persistent_lab_id(loaded.scenario)
+    if lab_id is None:
+        print(f"no lab is up for {loaded.scenario.name} (runs create and remove their own)")
+        return EXIT_OK
+    print("\n".join(open_lab(loaded.scenario, lab_id).status()))
+    return EXIT_OK
+
+
+def clean(args: argparse.Namespace) -> int:
+    if args.scenario is not None:
+        _load(args.scenario)  # validated for a clear error; cleaning covers every kind's leftovers
+    removed: list[str] = []
+    for cleaner in leftovers_cleaners():
+        removed += cleaner()
+    for line in removed:
+        print(f"removed {line}")
+    print(f"{len(removed)} leftover resource(s) removed")
+    return EXIT_OK
+
+
+def plan(args: argparse.Namespace) -> int:
+    loaded = _load(args.scenario)
+    for line in open_lab(loaded.scenario, f"plan-{new_run_id()}").plan():
+        print(line)
+    return EXIT_OK

@@ -1,0 +1,58 @@
+"""``virtproof run SCENARIO``: bring the lab up, run the suites, check the gates, write the reports."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from scenarios.model import ScenarioError, load_scenario
+from virtproof.errors import UsageError
+from virtproof.run import RunOptions, execute
+
+
+def _percent(text: str) -> float:
+    value = text.strip().removesuffix("%")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage such as 10%") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return number / 100
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run a scenario: lab up, suites, gates, reports, lab down")
+    p.add_argument("scenario", type=Path, help="scenario YAML file")
+    p.add_argument("--suite", action="append", default=[], metavar="NAME", help="run only this suite (repeatable)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: ./results)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="pytest-xdist workers (default: 1)")
+    p.add_argument("--baseline", type=Path, help="a previous run directory to gate regressions against")
+    p.add_argument("--max-regression", type=_percent, metavar="PCT", help="allowed regression, e.g. 10%%")
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments after --, e.g. -- -k vm0")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, highlight=False)
+    try:
+        loaded = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    if args.baseline is not None and not (args.baseline / "manifest.json").exists():
+        raise UsageError(f"--baseline {args.baseline}: not a run directory (no manifest.json)")
+    options = RunOptions(
+        suites=tuple(args.suite), results=args.results, workers=args.workers, baseline=args.baseline,
+        max_regression=args.max_regression, pytest_args=tuple(args.pytest_args),
+    )
+    try:
+        outcome = execute(loaded, options, lambda msg: console.print(f"[bold cyan]virtproof[/] {msg}"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    console.print(f"[bold cyan]virtproof[/] run {outcome.status} (exit {outcome.exit_code})")
+    print(outcome.run_dir, flush=True)
+    return outcome.exit_code
