@@ -49,6 +49,9 @@ def _qemu(scenario: Scenario, lab_id: str, persistent: bool) -> LabHandle:
 
 HandleFactory = Callable[[Scenario, str, bool], LabHandle]
 HANDLES: dict[str, HandleFactory] = {"qemu": _qemu}
+from lab.clusters.registry import register as _register_kubevirt  # noqa: E402
+
+_register_kubevirt(HANDLES)
 
 
 def open_lab(scenario: Scenario, lab_id: str, persistent: bool = False) -> LabHandle:

@@ -169,3 +169,59 @@ def cpu_usage(before: CpuSnapshot, after: CpuSnapshot, cpus: int | None = None) 
         harness / (wall * cpus),
         harness / busy_s if busy_s > 0 else 0.0,
     )
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """A process's resident memory in MiB: total, and its anonymous, file-backed and shmem parts."""
+
+    rss_mib: float
+    anon_mib: float
+    file_mib: float
+    shmem_mib: float
+
+    @property
+    def private_mib(self) -> float:
+        """What this process alone holds (anonymous and shmem pages; libraries are shared)."""
+        return self.anon_mib + self.shmem_mib
+
+
+def process_memory(pid: int) -> ProcessMemory:
+    try:
+        text = (PROC / str(pid) / "status").read_text()
+    except OSError as exc:
+        raise MetricUnavailable(f"/proc/{pid}/status: {exc}") from exc
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            values[name] = int(rest.split()[0]) / 1024
+    if "VmRSS" not in values:
+        raise MetricUnavailable(f"no VmRSS for pid {pid} (has it exited?)")
+    return ProcessMemory(
+        values["VmRSS"], values.get("RssAnon", values["VmRSS"]), values.get("RssFile", 0.0), values.get("RssShmem", 0.0)
+    )
+
+
+def oom_kills() -> int:
+    """How many processes the kernel's OOM killer has killed since boot (``oom_kill`` in /proc/vmstat)."""
+    try:
+        text = (PROC / "vmstat").read_text()
+    except OSError as exc:
+        raise MetricUnavailable(f"/proc/vmstat: {exc}") from exc
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "oom_kill":
+            return int(value)
+    return 0
+
+
+def set_oom_score_adj(pid: int | str, value: int) -> int | None:
+    """Set a process's ``oom_score_adj``; return the previous value, or None if not allowed."""
+    path = PROC / str(pid) / "oom_score_adj"
+    try:
+        previous = int(path.read_text())
+        path.write_text(str(value))
+    except (OSError, ValueError):
+        return None
+    return previous

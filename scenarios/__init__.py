@@ -1,2 +1,2 @@
 # Load the schema first: suite modules (scenarios/density.py) subclass its SuiteRunner, and it imports them.
-from scenarios import model as model  # noqa: F401
+from scenarios import model as model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -40,11 +40,15 @@ class ImageSource(Strict):
     cloud_init: bool = True
     disk_size: str = Field("1Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
     storage_class: str | None = None
+    private_key: str | None = Field(None, description="for images without cloud-init: the login key")
+    host_key: str | None = Field(None, description="for images without cloud-init: 'ssh-ed25519 AAAA...'")
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSource:
         if (self.container_disk is None) == (self.http is None):
             raise ValueError("needs exactly one of container_disk or http")
+        if not self.cloud_init and (self.private_key is None or self.host_key is None):
+            raise ValueError("an image without cloud-init needs private_key and host_key")
         return self
 
 
@@ -65,6 +69,15 @@ class KubeAccess(Strict):
     )
 
 
+def _on_off(value: object) -> object:
+    """YAML 1.1 reads ``on``/``off`` as booleans: take them as the words the user wrote."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
 class KindLab(KubeAccess):
     """A kind cluster made for the run (needs Docker or podman and the ``kind`` binary)."""
 
@@ -78,6 +91,8 @@ class KindLab(KubeAccess):
         "auto", description="developerConfiguration.useEmulation; auto: on unless KVM boots"
     )
     keep: bool = False
+
+    _emulation = field_validator("emulation", mode="before")(classmethod(lambda cls, v: _on_off(v)))
 
 
 class KubeadmHost(Strict):
@@ -101,6 +116,8 @@ class KubeadmLab(KubeAccess):
     cdi_version: str = Field(CDI_VERSION, pattern=_VERSION)
     emulation: Literal["auto", "on", "off"] = "auto"
     keep: bool = True
+
+    _emulation = field_validator("emulation", mode="before")(classmethod(lambda cls, v: _on_off(v)))
 
     @model_validator(mode="after")
     def _one_control_plane(self) -> KubeadmLab:

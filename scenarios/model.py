@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ScenarioError(ValueError):
@@ -108,11 +108,15 @@ class BootSuite(SuiteRunner):
 
 
 from scenarios.density import DensitySuite  # noqa: E402 - it subclasses SuiteRunner (see scenarios/__init__.py)
+from scenarios.migration import MigrationSuite  # noqa: E402 - same
+from scenarios.v2v import V2VSuite  # noqa: E402 - same
 
 
 class Suites(Strict):
     boot: BootSuite | None = None
     density: DensitySuite | None = None
+    migration: MigrationSuite | None = None
+    v2v: V2VSuite | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Suites:
@@ -150,9 +154,35 @@ class Scenario(Strict):
     name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
     description: str = ""
     lab: LabSpec
+    # A bake-off: the same suites on each of these labs, then one comparison (``virtproof run``).
+    # With ``labs`` and no ``lab``, ``lab`` is the first of them.
+    labs: list[LabSpec] = Field(default_factory=list)
     guest: Guest = Field(default_factory=Guest)
     suites: Suites
     slo: list[SLO] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lab_from_labs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "labs" in data:
+            if "lab" in data:
+                raise ValueError("give either lab or labs, not both")
+            labs = data["labs"]
+            if isinstance(labs, list) and labs:
+                data = {**data, "lab": labs[0]}
+        return data
+
+    def for_lab(self, index: int) -> Scenario:
+        """This scenario with ``labs[index]`` as its only lab."""
+        return self.model_copy(update={"lab": self.labs[index], "labs": []})
+
+    @field_validator("suites")
+    @classmethod
+    def _suites_fit_lab(cls, suites: Suites, info: ValidationInfo) -> Suites:
+        lab, guest = info.data.get("lab"), info.data.get("guest")
+        if suites.migration is not None:
+            suites.migration.check(lab.nodes if isinstance(lab, QemuLab) else None, guest.memory if guest else None)
+        return suites
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -254,11 +284,18 @@ def _message(error: Any) -> str:
 def _scenario_error(path: Path, lines: _LineMap, exc: ValidationError, data: object) -> ScenarioError:
     error = exc.errors()[0]
     loc = tuple(error["loc"])
+    if not isinstance(data, dict):
+        return ScenarioError(path, lines.line_for(loc), _dotted(loc), _message(error))
+    if loc[:1] == ("lab",) and "lab" not in data and isinstance(data.get("labs"), list):
+        loc = ("labs", 0, *loc[1:])  # ``lab`` was taken from ``labs[0]``: point at what the user wrote
     # A discriminated union puts its tag into the location (lab.qemu.nodes): drop it.
-    if len(loc) > 1 and loc[0] == "lab" and isinstance(data, dict):
-        lab = data.get("lab")
-        if isinstance(lab, dict) and loc[1] == lab.get("kind"):
-            loc = loc[:1] + loc[2:]
+    if len(loc) > 1 and loc[0] == "lab" and isinstance(data.get("lab"), dict) and loc[1] == data["lab"].get("kind"):
+        loc = loc[:1] + loc[2:]
+    labs = data.get("labs")
+    if len(loc) > 2 and loc[0] == "labs" and isinstance(loc[1], int) and isinstance(labs, list):
+        entry = labs[loc[1]] if loc[1] < len(labs) else None
+        if isinstance(entry, dict) and loc[2] == entry.get("kind"):
+            loc = loc[:2] + loc[3:]
     return ScenarioError(path, lines.line_for(loc), _dotted(loc), _message(error))
 
 

@@ -30,7 +30,8 @@ pytestmark = [pytest.mark.capability("boot"), pytest.mark.xdist_group("boot")]
 CHECK = (
     "nproc; sed -n 's/MemTotal: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo; "
     "basename $(readlink /sys/class/net/eth0/device/driver); "
-    "for b in /sys/block/vd* /sys/block/sd*; do [ -e $b/device/driver ] && basename $(readlink $b/device/driver); done; exit 0"
+    "for b in /sys/block/vd* /sys/block/sd*; do "
+    "[ -e $b/device/driver ] && basename $(readlink $b/device/driver); done; exit 0"
 )
 
 
@@ -84,8 +85,9 @@ def _boot_one(
         created = vm.timeline.get("created")
         assert created is not None
         running = platform.wait_running(vm, suite.timeout_s)
-        record("boot.time_to_running_s", running.timestamp - created.timestamp, "s", **labels,
-               time_source=running.source)
+        record(
+            "boot.time_to_running_s", running.timestamp - created.timestamp, "s", **labels, time_source=running.source
+        )
         ready = factory.wait_ssh(vm, created.timestamp + suite.timeout_s)
         record("boot.time_to_ssh_s", ready - created.timestamp, "s", **labels, time_source="harness")
         with GuestSession(vm.ssh_endpoint(), access, timeout=suite.timeout_s) as session:
@@ -125,8 +127,11 @@ def boot_outcomes(
 def test_guest_boots(boot_outcomes: list[BootOutcome], boot_index: int) -> None:
     outcome = boot_outcomes[boot_index]
     if outcome.error:
-        pytest.fail(f"{outcome.vm} on {outcome.node} did not come up: {outcome.error}\n"
-                    f"--- serial console (last 40 lines) ---\n{outcome.console}", pytrace=False)
+        pytest.fail(
+            f"{outcome.vm} on {outcome.node} did not come up: {outcome.error}\n"
+            f"--- serial console (last 40 lines) ---\n{outcome.console}",
+            pytrace=False,
+        )
 
 
 def test_guest_sees_its_shape(boot_outcomes: list[BootOutcome], boot_index: int, scenario: Scenario) -> None:

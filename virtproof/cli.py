@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "virtproof.commands.lab",
     "virtproof.commands.images",
     "virtproof.commands.compare",
+    "virtproof.commands.premigrate",
 )
 
 

@@ -6,6 +6,7 @@ failures, Ctrl-C (SIGINT) and SIGTERM; the manifest then says ``incomplete``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
+import yaml
 
 from lab.factory import LabHandle, describe, open_lab, persistent_lab_id
 from lab.platform import Platform
@@ -63,6 +65,14 @@ def _signals(received: list[int]) -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def for_lab(loaded: LoadedScenario, index: int) -> LoadedScenario:
+    """A bake-off scenario narrowed to ``labs[index]``: what that lab's run records and runs."""
+    scenario = loaded.scenario.for_lab(index)
+    body = scenario.model_dump(mode="json", exclude={"labs"})
+    text = f"# {loaded.path}, lab {index + 1} of {len(loaded.scenario.labs)}\n" + yaml.safe_dump(body, sort_keys=False)
+    return LoadedScenario(loaded.path, text, hashlib.sha256(text.encode()).hexdigest(), scenario)
+
+
 def suite_paths(loaded: LoadedScenario, selected: Sequence[str]) -> list[Path]:
     enabled = loaded.scenario.suites.enabled()
     names = list(selected) or enabled
@@ -94,8 +104,12 @@ def execute(loaded: LoadedScenario, options: RunOptions, say: Say) -> RunOutcome
     run_id = new_run_id()
     scenario = loaded.scenario
     manifest = {
-        "scenario": {"name": scenario.name, "path": str(loaded.path), "sha256": loaded.sha256,
-                     "description": scenario.description},
+        "scenario": {
+            "name": scenario.name,
+            "path": str(loaded.path),
+            "sha256": loaded.sha256,
+            "description": scenario.description,
+        },
         "lab": {"kind": scenario.lab.kind},
         "suites": [p.stem.removeprefix("test_") for p in paths],
         "versions": versions(),
@@ -127,13 +141,18 @@ def execute(loaded: LoadedScenario, options: RunOptions, say: Say) -> RunOutcome
                 return RunOutcome(run.path, EXIT_LAB, "incomplete")
             run.update_manifest(
                 lab={**describe(handle), **_lab_facts(platform)},
-                platform={"name": platform.name, "accel": platform.accel,
-                          "capabilities": sorted(c.value for c in platform.capabilities)},
+                platform={
+                    "name": platform.name,
+                    "accel": platform.accel,
+                    "capabilities": sorted(c.value for c in platform.capabilities),
+                },
             )
             host = run.manifest()["host"]
             run.update_manifest(host={**host, "accelerator": platform.accel})
             say(f"lab up: {len(platform.nodes())} node(s), accel {platform.accel}; running {len(paths)} suite(s)")
             code = _run_pytest(run.path, paths, options)
+            if received:  # pytest turned our SIGTERM into an interrupted session: say which signal
+                raise Interrupted(f"signal {received[0]}")
             exit_code, status = _pytest_exit_to_status(code)
             run.update_manifest(status=status)  # the report shows the tests' verdict...
             gates_ok = _finalize(run.path, loaded, options, say)
@@ -180,9 +199,19 @@ def _lab_facts(platform: Platform) -> dict[str, object]:
 
 def _run_pytest(run_dir: Path, paths: list[Path], options: RunOptions) -> int:
     args = [
-        *map(str, paths), f"--vp-run-dir={run_dir}", f"--junitxml={run_dir / 'pytest-junit.xml'}",
-        f"--rootdir={PROJECT_ROOT}", "-p", "virtproof.pytest_plugin", "-p", "no:cacheprovider",
-        "-o", "addopts=", "-v", "--tb=short", "-rfEs",
+        *map(str, paths),
+        f"--vp-run-dir={run_dir}",
+        f"--junitxml={run_dir / 'pytest-junit.xml'}",
+        f"--rootdir={PROJECT_ROOT}",
+        "-p",
+        "virtproof.pytest_plugin",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "-v",
+        "--tb=short",
+        "-rfEs",
     ]
     if options.workers > 1:
         args += ["-n", str(options.workers), "--dist", "loadgroup"]

@@ -35,7 +35,7 @@ def write_cpio(root: Path, out: Path, devices: tuple[DeviceNode, ...] = ()) -> N
     """Pack the tree below ``root`` (plus ``devices``) into gzip-compressed newc ``out``."""
     entries: list[Path] = sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix())
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as fh:
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=6) as fh:
         ino = 1
         for path in entries:
             rel = path.relative_to(root).as_posix()

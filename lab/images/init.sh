@@ -61,6 +61,7 @@ if [ -n "$KEY" ]; then
   echo "$KEY" | base64 -d > /root/.ssh/authorized_keys
   chmod 600 /root/.ssh/authorized_keys
 fi
+for hook in /etc/virtproof/boot.d/*; do [ -x "$hook" ] && "$hook" & done  # e.g. the V2V boot probe
 dropbear -r /etc/dropbear/dropbear_ed25519_host_key -s -p 22
 httpd -p 80 -h /www
 echo "virtproof: ready $NAME" > /dev/console

@@ -59,6 +59,7 @@ class GuestImage:
     host_key: str
     kernel_version: str
     user: str = "root"
+    builder_digest: str = ""
 
     @classmethod
     def load(cls, directory: Path) -> GuestImage:
@@ -77,6 +78,7 @@ class GuestImage:
             host_key=meta["host_key"],
             kernel_version=meta["kernel_version"],
             user=meta.get("user", "root"),
+            builder_digest=meta.get("builder_digest", ""),
         )
 
 
@@ -238,9 +240,14 @@ def inputs_digest(debs: Sequence[Deb], modules: Sequence[str], extra: str = "") 
     h.update(f"builder={BUILDER_VERSION}\nmodules={','.join(modules)}\n{extra}\n".encode())
     for digest in sorted(d.sha256 for d in debs):
         h.update(digest.encode())
-    for name in ("init.sh", "udhcpc.sh", "vp-dirty.sh"):
-        h.update((HERE / name).read_bytes())
-    for name in ("micro.py", "cpio.py", "elf.py"):
+    h.update(sources_digest().encode())
+    return h.hexdigest()
+
+
+def sources_digest() -> str:
+    """Hash of the builder's own files: an image built by other code is stale."""
+    h = hashlib.sha256()
+    for name in ("init.sh", "udhcpc.sh", "vp-dirty.sh", "micro.py", "cpio.py", "elf.py"):
         h.update((HERE / name).read_bytes())
     return h.hexdigest()
 
@@ -284,6 +291,7 @@ def build_micro(cache_root: Path, *, rebuild: bool = False, progress: Progress =
                 "host_key": host_key,
                 "kernel_version": staged.kernel_version,
                 "user": "root",
+                "builder_digest": sources_digest(),
                 "initrd_sha256": hashlib.sha256((out / "initrd.img").read_bytes()).hexdigest(),
                 "size_bytes": size,
                 "built_at": datetime.now(UTC).isoformat(),

@@ -6,12 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.images.micro import GuestImage, build_micro, cache_root_default
+from lab.images.micro import GuestImage, build_micro, cache_root_default, sources_digest
 
 Builder = Callable[..., GuestImage]
 
 # Image name -> builder. Other builders (disk variants, V2V fixtures) register here.
 BUILDERS: dict[str, Builder] = {"micro": build_micro}
+# Image name -> digest of its builder's sources, for images whose builder records one.
+CURRENT_SOURCES: dict[str, Callable[[], str]] = {"micro": sources_digest}
 
 
 class ImageNotFound(LookupError):
@@ -34,7 +36,9 @@ class ImageStore:
         return sorted(found, key=lambda i: (i.name, (i.directory / "image.json").stat().st_mtime))
 
     def latest(self, name: str) -> GuestImage | None:
-        matching = [i for i in self.list() if i.name == name]
+        """The newest image of that name built by the current builder code (others are stale)."""
+        current = CURRENT_SOURCES.get(name)
+        matching = [i for i in self.list() if i.name == name and (current is None or i.builder_digest == current())]
         return matching[-1] if matching else None
 
     def build(

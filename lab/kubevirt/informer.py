@@ -15,7 +15,7 @@ from typing import Any
 
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError, ProtocolError
+from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
 from lab.kubevirt.resources import Kube, Obj, Resource
 
@@ -27,11 +27,12 @@ _GONE = 410
 
 class Informer(threading.Thread):
     def __init__(self, kube: Kube, res: Resource, namespace: str, selector: str, handler: Handler,
-                 watch_timeout_s: int = 60) -> None:
+                 watch_timeout_s: int = 60, idle_timeout_s: float = 2.0) -> None:
         super().__init__(name=f"informer-{res.plural}-{namespace}", daemon=True)
         self.kube, self.res, self.namespace, self.selector = kube, res, namespace, selector
         self.handler = handler
         self.watch_timeout_s = watch_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.synced = threading.Event()
         self.error: BaseException | None = None
         self.events = 0
@@ -41,11 +42,22 @@ class Informer(threading.Thread):
 
     def stop(self, join_timeout: float = 5.0) -> None:
         self._stopped.set()
+        deadline = time.monotonic() + join_timeout
+        while self.is_alive() and threading.current_thread() is not self and time.monotonic() < deadline:
+            self._interrupt()
+            self.join(0.05)
+
+    def _interrupt(self) -> None:
+        """Unblock the watch's pending read (the stream may not have sent its request yet)."""
         with self._lock:
-            if self._watch is not None:
-                self._watch.stop()  # type: ignore[no-untyped-call]
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(join_timeout)
+            w = self._watch
+        if w is None:
+            return
+        w.stop()  # type: ignore[no-untyped-call]
+        resp = getattr(w, "_resp", None)
+        shutdown = getattr(resp, "shutdown", None)  # urllib3 >= 2.3: unblocks a read from another thread
+        if callable(shutdown):
+            shutdown()
 
     def _relist(self) -> str:
         items, rv = self.kube.list_with_version(self.res, self.namespace, self.selector)
@@ -80,6 +92,7 @@ class Informer(threading.Thread):
                 custom.list_namespaced_custom_object, self.res.group, self.res.version, self.namespace,
                 self.res.plural, label_selector=self.selector, resource_version=rv,
                 timeout_seconds=self.watch_timeout_s, allow_watch_bookmarks=True, deserialize=False,
+                _request_timeout=(10, self.idle_timeout_s),
             )
             for event in stream:
                 received = time.time()
@@ -94,7 +107,9 @@ class Informer(threading.Thread):
                     continue
                 self.events += 1
                 self.handler(kind, obj, received)
-        except ProtocolError:
+        except (ProtocolError, ReadTimeoutError):
+            # a quiet watch times out on the client side after idle_timeout_s and reconnects
+            # from the last resourceVersion; that also bounds how long stop() waits.
             if not self._stopped.is_set():
                 log.debug("watch on %s reconnecting", self.res.plural)
         except ApiException as exc:

@@ -110,6 +110,9 @@ def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationP
         )
         status = vm.record.migration_state.get("abortStatus") if aborted else "unknown"
         error = f"not finished after {policy.timeout_s:.0f} s; cancelled (abortStatus {status})"
+    # the VMI's migrationState and the migration's final phase are separate updates: wait for both
+    rec.wait_for(lambda: (name in rec.migrations and rec.migrations[name].phase in ("Succeeded", "Failed"))
+                 or (name in rec.migrations and rec.migrations[name].deleted), 5.0)
     with rec.cond:
         state = dict(vm.record.migration_state)
         phases = dict(rec.migrations[name].phases) if name in rec.migrations else {}

@@ -40,6 +40,8 @@ class Redactor(logging.Filter):
                     found.add(variant)
         with self._lock:
             self._secrets = tuple(sorted(found, key=len, reverse=True))
+        if getattr(self, "_installed", False):
+            _PROCESS.add(self._secrets)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -65,7 +67,17 @@ class Redactor(logging.Filter):
         return True
 
     def install(self) -> None:
-        for name in ("", "kubernetes", "urllib3", "lab.kubevirt", "lab.clusters"):
+        """Share this redactor's secrets with the process-wide filter (installed once)."""
+        self._installed = True
+        _PROCESS.add(self._secrets)
+        _PROCESS._attach()
+
+    def uninstall(self) -> None:
+        """Stop sharing new secrets; those already shared stay redacted (that is harmless)."""
+        self._installed = False
+
+    def _attach(self) -> None:
+        for name in _LOGGERS:
             logger = logging.getLogger(name)
             if self not in logger.filters:
                 logger.addFilter(self)
@@ -73,12 +85,8 @@ class Redactor(logging.Filter):
                 if self not in handler.filters:
                     handler.addFilter(self)
 
-    def uninstall(self) -> None:
-        for name in ("", "kubernetes", "urllib3", "lab.kubevirt", "lab.clusters"):
-            logger = logging.getLogger(name)
-            logger.removeFilter(self)
-            for handler in logger.handlers:
-                handler.removeFilter(self)
+
+_LOGGERS = ("", "kubernetes", "urllib3", "lab.kubevirt", "lab.clusters")
 
 
 def _variants(secret: str) -> list[str]:
@@ -116,3 +124,8 @@ def kubeconfig_secrets(config: Mapping[str, Any]) -> list[str]:
         if isinstance(user, Mapping):
             walk(user.get("user") or {})
     return found
+
+
+# One filter for the whole process: every connection's secrets, longest first, so a secret that
+# contains another (a PEM and its lines) is replaced whole.
+_PROCESS = Redactor()

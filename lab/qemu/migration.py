@@ -273,9 +273,12 @@ class Migrator:
         if outcome.error is None:
             running = self._wait_destination_running(destination, deadline)
             if running is None:
-                outcome = _Outcome(outcome.info, "destination did not reach running after the source completed", False)
+                error = "destination did not reach running after the source completed"
+                outcome = _Outcome(outcome.info, error, policy.mode != "postcopy")
             else:
-                finished = running
+                # post-copy resumes the destination before the source completes: the later one ends it
+                done = [e.timestamp for e in source.qmp.events("MIGRATION") if e.data.get("status") == "completed"]
+                finished = max([running, *done])
                 self._switch(vm, source, destination, target)
                 vm.timeline.add(f"migrated:{target}", finished, "platform")
                 return result(True, finished, outcome.info, None)
@@ -312,7 +315,7 @@ class Migrator:
             flight.transferred = int((info.get("ram") or {}).get("transferred", 0))
             switched = status.startswith("postcopy")
             if status == "completed":
-                return _Outcome(info, None, True)
+                return _Outcome(self._final_info(source, info), None, True)
             if status in ("failed", "cancelled"):
                 return _Outcome(info, f"migration {status}: {info.get('error-desc', 'no reason given')}", True)
             if not destination.alive():
@@ -333,6 +336,21 @@ class Migrator:
                 except QMPFailure as exc:
                     log.info("migrate-start-postcopy: %s", exc)
             time.sleep(POLL_S)
+
+    def _final_info(self, source: QemuProcess, info: Mapping[str, Any]) -> Mapping[str, Any]:
+        """query-migrate once qemu has filled in the completed migration's times.
+
+        qemu sets the status to completed a moment before it computes total-time and downtime;
+        a query in between reads zeros.
+        """
+        end = time.monotonic() + 2.0
+        while not info.get("total-time") and time.monotonic() < end:
+            time.sleep(0.01)
+            try:
+                info = source.qmp.execute("query-migrate", timeout=5) or info
+            except QMPFailure:
+                break
+        return info
 
     def _cancel(self, source: QemuProcess, info: Mapping[str, Any], reason: str) -> _Outcome:
         try:

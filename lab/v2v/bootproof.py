@@ -10,11 +10,11 @@ banner). qemu is always stopped by us (a converted guest may hang at poweroff).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import re
-import signal
+import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +63,18 @@ class BootProof:
         return self.ssh_banner is not None or self.network is not None
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphaned qemu if we are killed
+_LIVE: set[subprocess.Popen[bytes]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def stop_all() -> int:
+    """Stop every qemu this process started for boot proofs (signal handlers call this)."""
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    return len(procs)
 
 
 def _free_port() -> int:
@@ -133,6 +142,7 @@ def boot_and_follow(
     expected: dict[str, str] | None = None,
     probe_installed: bool = False,
     timeout_s: float = 300.0,
+    root_wait_s: float = 150.0,
     memory_mib: int = 1024,
 ) -> BootProof:
     """Boot ``disk`` (already holding the probe, if any), follow the console, stop qemu."""
@@ -142,8 +152,11 @@ def boot_and_follow(
     argv = qemu_argv(disk, fmt, bus, console, port, name, memory_mib)
     log = open(workdir / f"{name}.qemu.log", "wb")
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent)
+    # setpriv --pdeathsig: qemu dies with the thread that started it, even if we are SIGKILLed.
+    launcher = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+    proc = subprocess.Popen([*launcher, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
     milestones: dict[str, float] = {}
     failure: str | None = None
     banner: str | None = None
@@ -165,6 +178,9 @@ def boot_and_follow(
             bad = FAILURES.search(text)
             if bad and failure is None:
                 failure, failure_at = bad.group(0), now
+            if (failure is None and "kernel" in milestones and "root_mounted" not in milestones
+                    and now - milestones["kernel"] > root_wait_s):
+                failure, failure_at = f"root file system not mounted {root_wait_s:.0f} s after the kernel started", now
             if "kernel" in milestones and banner is None and now >= next_ssh:
                 banner = _ssh_banner(port)
                 if banner:
@@ -191,6 +207,8 @@ def boot_and_follow(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
         log.close()
     with contextlib.suppress(FileNotFoundError):
         text = console.read_bytes().decode("utf-8", "replace")

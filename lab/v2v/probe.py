@@ -20,7 +20,7 @@ MICRO_HOOK = "/etc/virtproof/boot.d/50-probe"
 InitSystem = Literal["systemd", "micro", "sysv", "unknown"]
 
 
-def probe_script(files: list[str], net_wait_s: int = 90) -> str:
+def probe_script(files: list[str], net_wait_s: int = 45) -> str:
     quoted = " ".join(shlex.quote(f) for f in files)
     return f"""#!/bin/sh
 # virtproof boot probe (only in a temporary overlay)

@@ -142,6 +142,8 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     api: FakeApiServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
+    _drained = False
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -157,7 +159,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = b"" if self._drained else (self.rfile.read(length) if length else b"")
+        self._drained = True
         try:
             return json.loads(raw) if raw else {}
         except json.JSONDecodeError:
@@ -165,6 +168,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         self.api.requests += 1
+        self._drained = False
         try:
             if self.headers.get("Authorization") != f"Bearer {self.api.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
@@ -180,8 +184,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _drain(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length and not getattr(self, "_drained", False):
+        if length and not self._drained:
             self.rfile.read(length)
+        self._drained = True
 
     def do_GET(self) -> None:
         self._dispatch("GET")

@@ -44,6 +44,8 @@ def list_images(args: argparse.Namespace) -> int:
         print("no images built yet; run `virtproof images build micro`", file=sys.stderr)
     for image in images:
         size = sum(p.stat().st_size for p in image.directory.iterdir() if p.is_file())
-        print(f"{image.name:12} {image.digest[:16]}  {size / 2**20:7.1f} MiB  kernel {image.kernel_version}  "
-              f"{image.directory}")
+        print(
+            f"{image.name:12} {image.digest[:16]}  {size / 2**20:7.1f} MiB  kernel {image.kernel_version}  "
+            f"{image.directory}"
+        )
     return EXIT_OK

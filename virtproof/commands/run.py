@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
-from scenarios.model import ScenarioError, load_scenario
-from virtproof.errors import UsageError
-from virtproof.run import RunOptions, execute
+from reports.results import new_run_id
+from scenarios.model import LoadedScenario, ScenarioError, load_scenario
+from virtproof.errors import EXIT_SIGINT, EXIT_SIGTERM, UsageError
+from virtproof.run import RunOptions, execute, for_lab
 
 
 def _percent(text: str) -> float:
@@ -46,13 +48,44 @@ def main(args: argparse.Namespace) -> int:
     if args.baseline is not None and not (args.baseline / "manifest.json").exists():
         raise UsageError(f"--baseline {args.baseline}: not a run directory (no manifest.json)")
     options = RunOptions(
-        suites=tuple(args.suite), results=args.results, workers=args.workers, baseline=args.baseline,
-        max_regression=args.max_regression, pytest_args=tuple(args.pytest_args),
+        suites=tuple(args.suite),
+        results=args.results,
+        workers=args.workers,
+        baseline=args.baseline,
+        max_regression=args.max_regression,
+        pytest_args=tuple(args.pytest_args),
     )
+
+    def say(msg: str) -> None:
+        console.print(f"[bold cyan]virtproof[/] {msg}")
+
     try:
-        outcome = execute(loaded, options, lambda msg: console.print(f"[bold cyan]virtproof[/] {msg}"))
+        if loaded.scenario.labs:
+            return _bake_off(loaded, options, say)
+        outcome = execute(loaded, options, say)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    console.print(f"[bold cyan]virtproof[/] run {outcome.status} (exit {outcome.exit_code})")
+    say(f"run {outcome.status} (exit {outcome.exit_code})")
     print(outcome.run_dir, flush=True)
     return outcome.exit_code
+
+
+def _bake_off(loaded: LoadedScenario, options: RunOptions, say: Callable[[str], None]) -> int:
+    """The scenario on each of its ``labs``, then one comparison of the runs."""
+    from reports.compare import render_comparison
+
+    outcomes = []
+    for index, lab in enumerate(loaded.scenario.labs):
+        say(f"lab {index + 1}/{len(loaded.scenario.labs)}: {lab.kind}")
+        outcome = execute(for_lab(loaded, index), options, say)
+        say(f"run {outcome.status} (exit {outcome.exit_code}): {outcome.run_dir}")
+        outcomes.append(outcome)
+        if outcome.exit_code in (EXIT_SIGINT, EXIT_SIGTERM):
+            break  # interrupted: compare what ran, do not start the next lab
+    out = options.results / f"comparison-{new_run_id()}"
+    html = render_comparison([o.run_dir for o in outcomes], out, options.baseline)
+    say(f"comparison of {len(outcomes)} run(s): {html}")
+    print(out, flush=True)
+    codes = [o.exit_code for o in outcomes]
+    interrupted = [c for c in codes if c in (EXIT_SIGINT, EXIT_SIGTERM)]
+    return interrupted[0] if interrupted else max(codes)

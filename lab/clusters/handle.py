@@ -1,0 +1,213 @@
+"""``KubeVirtLabHandle``: the ``kind``, ``kubeadm`` and ``existing`` labs behind ``lab.factory``.
+
+``up`` makes the cluster (kind/kubeadm; nothing for existing) and opens a ``KubeVirtPlatform``;
+``attach`` only opens one; ``down`` deletes the objects labelled with this lab's run id and,
+for kind without ``keep``, the cluster. The lab's state (kubeconfig of made clusters, the run's
+SSH keys, its owner) lives in ``$VIRTPROOF_STATE/kubevirt/<lab-id>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from lab.clusters.kind import KindCluster
+from lab.clusters.kubeadm import KubeadmCluster
+from lab.clusters.ssh import SSHError
+from lab.clusters.steps import StepFailed
+from lab.kubevirt import cleanup
+from lab.kubevirt.config import ImageConfig, KubeVirtConfig
+from lab.kubevirt.connect import ConnectOptions, KubeconfigError, connect
+from lab.kubevirt.manifests import DiskSource, guest_service, namespace
+from lab.kubevirt.platform import KubeVirtPlatform
+from lab.kubevirt.resources import Kube
+from lab.platform import GuestAccess, PlatformError, VMSpec
+from lab.qemu.state import boot_id, pid_alive, state_root
+from scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab
+from scenarios.model import Scenario
+
+Progress = Callable[[str], None]
+KubeLab = KindLab | KubeadmLab | ExistingLab
+
+
+class ClusterLabError(RuntimeError):
+    """The cluster could not be made or reached; the message says why (exit 3)."""
+
+
+def lab_state_dir(lab_id: str) -> Path:
+    return state_root() / "kubevirt" / lab_id
+
+
+def _kvm_boots() -> bool:
+    """Whether KVM boots a guest here (lab.qemu's probe boots the micro guest under KVM)."""
+    from lab.images.store import ImageStore
+    from lab.qemu.accel import choose_accel
+
+    try:
+        return choose_accel("auto", ImageStore.default().get("micro")).accel == "kvm"
+    except (RuntimeError, OSError, LookupError):
+        return False
+
+
+class KubeVirtLabHandle:
+    def __init__(self, scenario: Scenario, lab_id: str, persistent: bool = False,
+                 kvm_boots: Callable[[], bool] = _kvm_boots) -> None:
+        lab = scenario.lab
+        if not isinstance(lab, KindLab | KubeadmLab | ExistingLab):
+            raise TypeError(f"not a KubeVirt lab: {lab.kind}")
+        self.spec: KubeLab = lab
+        self.kind = lab.kind
+        self.scenario = scenario
+        self.lab_id = lab_id
+        self.persistent = persistent
+        self.state_dir = lab_state_dir(lab_id)
+        self.cluster: KindCluster | KubeadmCluster | None = None
+        if isinstance(lab, KindLab):
+            self.cluster = KindCluster(lab, self.state_dir, kvm_boots)
+        elif isinstance(lab, KubeadmLab):
+            self.cluster = KubeadmCluster(lab, self.state_dir)
+
+    # configuration ----------------------------------------------------------------------
+    def config(self) -> KubeVirtConfig:
+        kubeconfig = self.cluster.kubeconfig if self.cluster is not None else self.spec.kubeconfig
+        images = {}
+        for name, src in self.spec.images.items():
+            access = None
+            if src.private_key and src.host_key:
+                access = GuestAccess(src.user, Path(src.private_key).expanduser(), src.host_key)
+            images[name] = ImageConfig(
+                DiskSource(container_disk=src.container_disk, http_url=src.http, size=src.disk_size,
+                           storage_class=src.storage_class),
+                user=src.user, cloud_init=src.cloud_init, access=access)
+        return KubeVirtConfig(
+            run_id=self.lab_id, state_dir=self.state_dir,
+            connect=ConnectOptions(str(kubeconfig) if kubeconfig else None, self.spec.context, self.spec.qps,
+                                   self.spec.burst),
+            namespace=self.spec.namespace, images=images, node_address=self.spec.node_address,
+            require_cdi=self.spec.require_cdi,
+        )
+
+    # LabHandle --------------------------------------------------------------------------
+    def plan(self) -> list[str]:
+        cfg = self.config()
+        lines = self.cluster.plan() if self.cluster is not None else [
+            f"# existing cluster: kubeconfig {cfg.connect.kubeconfig or '$KUBECONFIG or in-cluster'}, "
+            f"context {cfg.connect.context or '(current)'}; nothing is installed"]
+        ns = cfg.effective_namespace
+        lines.append(f"# per run: preflight (KubeVirt/CDI Available, SelfSubjectAccessReviews), then in {ns}:")
+        if not self.spec.namespace:
+            lines.append("kubectl apply -f - <<'EOF'")
+            lines += yaml.safe_dump(namespace(ns, self.lab_id), sort_keys=False).splitlines() + ["EOF"]
+        guest = self.scenario.guest
+        spec = VMSpec(name="<vm>", image=guest.image, cpus=guest.cpus, memory_mib=guest.memory)
+        lines.append(f"# for each VM ({guest.image}, {guest.cpus} CPU, {guest.memory} MiB): a Service and a VM")
+        lines.append("kubectl apply -f - <<'EOF'")
+        lines += yaml.safe_dump(guest_service("<vm>", ns, self.lab_id), sort_keys=False).splitlines()
+        lines.append("---")
+        image = cfg.images.get(guest.image)
+        if image is None:
+            lines.append(f"# image {guest.image!r} is not in lab.images: VMs cannot be created")
+        else:
+            from lab.kubevirt import manifests
+
+            cloud = None
+            if image.cloud_init:
+                cloud = manifests.CloudInit(image.user, "<the run's ssh public key>", "<generated host key>",
+                                            "<generated host public key>")
+            vm = manifests.virtual_machine(spec, ns, self.lab_id, image.source, cloud)
+            lines += yaml.safe_dump(vm, sort_keys=False).splitlines()
+        lines.append("EOF")
+        return lines
+
+    def _write_owner(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "owner.json").write_text(json.dumps(
+            {"pid": os.getpid(), "boot_id": boot_id(), "persistent": self.persistent}))
+
+    def up(self, progress: Progress = lambda _: None) -> KubeVirtPlatform:
+        self._write_owner()
+        if self.cluster is not None:
+            try:
+                self.cluster.up(progress)
+            except (StepFailed, SSHError, OSError) as exc:
+                raise ClusterLabError(f"{self.kind} lab: {exc}") from None
+        return self.attach()
+
+    def attach(self) -> KubeVirtPlatform:
+        try:
+            return KubeVirtPlatform.open(self.config())
+        except KubeconfigError as exc:
+            raise ClusterLabError(str(exc)) from None
+        except PlatformError as exc:
+            raise ClusterLabError(str(exc)) from None
+        except (ApiException, HTTPError, OSError) as exc:
+            raise ClusterLabError(f"cannot reach the cluster: {_short(exc)}") from None
+
+    def _kube(self) -> Kube:
+        cfg = self.config()
+        return Kube(connect(cfg.connect))
+
+    def down(self) -> list[str]:
+        removed: list[str] = []
+        try:
+            kube = self._kube()
+            try:
+                removed += cleanup.clean(kube, self.lab_id)
+            finally:
+                kube.conn.close()
+        except (KubeconfigError, ApiException, HTTPError, OSError) as exc:
+            removed.append(f"(could not clean cluster objects: {_short(exc)})")
+        if self.cluster is not None:
+            removed += self.cluster.down()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return removed
+
+    def status(self) -> list[str]:
+        try:
+            kube = self._kube()
+        except KubeconfigError as exc:
+            return [f"{self.kind} lab {self.lab_id}: {exc}"]
+        try:
+            found = cleanup.leftovers(kube, self.lab_id)
+        except (ApiException, HTTPError, OSError) as exc:
+            return [f"{self.kind} lab {self.lab_id}: unreachable: {_short(exc)}"]
+        finally:
+            kube.conn.close()
+        return [f"{self.kind} lab {self.lab_id}: {len(found)} object(s) labelled with its run id"] + [
+            f"  {item}" for item in found]
+
+    def clean_leftovers(self, all_runs: bool = False) -> list[str]:
+        """Delete objects of runs whose owner on this host is gone (or of every run: ``all_runs``)."""
+        kube = self._kube()
+        try:
+            runs = {item.run_id for item in cleanup.leftovers(kube)}
+            removed: list[str] = []
+            for run_id in sorted(runs):
+                if all_runs or _owner_gone(run_id):
+                    removed += cleanup.clean(kube, run_id)
+            return removed
+        finally:
+            kube.conn.close()
+
+
+def _owner_gone(run_id: str) -> bool:
+    """A run whose state directory on this host says its owner process is gone."""
+    try:
+        owner = json.loads((lab_state_dir(run_id) / "owner.json").read_text())
+    except (OSError, ValueError):
+        return False  # not ours (another host's run, or an unknown one): leave it
+    if owner.get("persistent"):
+        return False
+    return owner.get("boot_id") != boot_id() or not pid_alive(int(owner.get("pid", 0)))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

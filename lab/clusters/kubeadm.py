@@ -1,0 +1,151 @@
+"""The ``kubeadm`` lab: a cluster on hosts from the scenario's inventory, over SSH (paramiko).
+
+Steps per host (each idempotent through its check, logged, retried where transient): kernel
+modules and sysctls, containerd, kubelet/kubeadm/kubectl from pkgs.k8s.io, ``kubeadm init`` on
+the control plane, ``kubeadm join`` on workers, the CNI (flannel), then KubeVirt, CDI and
+virtproof's RBAC. The admin kubeconfig is fetched into the lab's state directory.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from lab.clusters.install import install_steps
+from lab.clusters.ssh import SSHExecutor
+from lab.clusters.steps import Executor, Step, StepLog, run_steps
+from scenarios.kubevirt import KubeadmHost, KubeadmLab
+
+FLANNEL = "https://github.com/flannel-io/flannel/releases/download/v0.26.4/kube-flannel.yml"
+ADMIN = "/etc/kubernetes/admin.conf"
+KUBECTL = f"kubectl --kubeconfig {ADMIN}"
+JOIN_FILE = "/root/.virtproof-join"
+
+
+def _host_id(host: KubeadmHost) -> str:
+    return f"{host.address}:{host.port}"
+
+
+def host_steps(host: KubeadmHost, version: str) -> list[Step]:
+    h = _host_id(host)
+    repo = f"https://pkgs.k8s.io/core:/stable:/v{version}/deb/"
+    return [
+        Step("kernel-prereqs", "modprobe overlay && modprobe br_netfilter && "
+             "printf 'net.bridge.bridge-nf-call-iptables=1\\nnet.ipv4.ip_forward=1\\n' "
+             "> /etc/sysctl.d/90-virtproof-k8s.conf && sysctl --system >/dev/null && swapoff -a",
+             check="test -f /etc/sysctl.d/90-virtproof-k8s.conf && lsmod | grep -q br_netfilter", host=h),
+        Step("containerd", "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq containerd && "
+             "mkdir -p /etc/containerd && containerd config default "
+             "| sed 's/SystemdCgroup = false/SystemdCgroup = true/' > /etc/containerd/config.toml && "
+             "systemctl restart containerd && systemctl enable containerd",
+             check="systemctl is-active --quiet containerd && grep -q 'SystemdCgroup = true' "
+                   "/etc/containerd/config.toml", retries=3, timeout_s=900, host=h),
+        Step("kubeadm-packages",
+             "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq apt-transport-https "
+             "ca-certificates curl gpg && mkdir -p /etc/apt/keyrings && "
+             f"curl -fsSL {repo}Release.key | gpg --dearmor --yes -o /etc/apt/keyrings/kubernetes.gpg && "
+             f"echo 'deb [signed-by=/etc/apt/keyrings/kubernetes.gpg] {repo} /' "
+             "> /etc/apt/sources.list.d/kubernetes.list && apt-get update -q && "
+             "DEBIAN_FRONTEND=noninteractive apt-get install -yq kubelet kubeadm kubectl && "
+             "apt-mark hold kubelet kubeadm kubectl && systemctl enable --now kubelet",
+             check=f"kubeadm version -o short 2>/dev/null | grep -q '^v{version}\\.'", retries=3,
+             timeout_s=900, host=h),
+    ]
+
+
+def cluster_steps(spec: KubeadmLab, use_emulation: bool) -> list[Step]:
+    plane = next(h for h in spec.hosts if h.role == "control-plane")
+    p = _host_id(plane)
+    steps: list[Step] = []
+    for host in spec.hosts:
+        steps += host_steps(host, spec.kubernetes_version)
+    steps.append(Step("kubeadm-init",
+                      f"kubeadm init --pod-network-cidr={spec.pod_cidr} "
+                      f"--apiserver-advertise-address={plane.address} --upload-certs",
+                      check=f"test -f {ADMIN} && {KUBECTL} get --raw /readyz >/dev/null 2>&1",
+                      timeout_s=900, host=p))
+    steps.append(Step("cni-flannel", f"{KUBECTL} apply -f {FLANNEL}", retries=3, host=p,
+                      check=f"{KUBECTL} -n kube-flannel get daemonset kube-flannel-ds >/dev/null 2>&1"))
+    workers = [h for h in spec.hosts if h.role == "worker"]
+    if workers:
+        steps.append(Step("join-command", f"kubeadm token create --print-join-command > {JOIN_FILE}",
+                          retries=2, host=p))
+    else:
+        steps.append(Step("untaint-control-plane",
+                          f"{KUBECTL} taint nodes --all node-role.kubernetes.io/control-plane- || true", host=p))
+    for worker in workers:
+        steps.append(Step("kubeadm-join", f"<the kubeadm join command join-command wrote to {JOIN_FILE}>",
+                          check="test -f /etc/kubernetes/kubelet.conf", retries=2, timeout_s=600,
+                          host=_host_id(worker)))
+    steps.append(Step("nodes-ready", f"{KUBECTL} wait nodes --all --for condition=Ready --timeout=10m",
+                      retries=1, timeout_s=700, host=p))
+    steps += install_steps(KUBECTL, spec.kubevirt_version, spec.cdi_version, use_emulation, host=p)
+    return steps
+
+
+def kvm_check_script() -> str:
+    """On a host: exit 0 when /dev/kvm exists and the CPU has VMX or SVM."""
+    return "test -c /dev/kvm && grep -qwE 'vmx|svm' /proc/cpuinfo"
+
+
+class KubeadmCluster:
+    def __init__(self, spec: KubeadmLab, state_dir: Path) -> None:
+        self.spec = spec
+        self.state_dir = state_dir
+        self.kubeconfig = state_dir / "kubeconfig"
+        self._executors: dict[str, SSHExecutor] = {}
+
+    def executor(self, host_id: str) -> Executor:
+        if host_id not in self._executors:
+            host = next(h for h in self.spec.hosts if _host_id(h) == host_id)
+            self._executors[host_id] = SSHExecutor(host.address, host.user, Path(host.key).expanduser(), host.port,
+                                                   host.host_key, self.state_dir / "known_hosts")
+        return self._executors[host_id]
+
+    def plan(self) -> list[str]:
+        mode = {"on": "on", "off": "off", "auto": f"on unless the control plane passes `{kvm_check_script()}`"}
+        lines = [f"# kubeadm lab: {len(self.spec.hosts)} host(s), Kubernetes {self.spec.kubernetes_version}, "
+                 f"KubeVirt {self.spec.kubevirt_version}, CDI {self.spec.cdi_version}, "
+                 f"useEmulation: {mode[self.spec.emulation]}"]
+        for step in cluster_steps(self.spec, self.spec.emulation != "off"):
+            lines.extend(step.describe())
+        lines.append(f"# then: copy {ADMIN} from the control plane to {self.kubeconfig}")
+        return lines
+
+    def up(self, say: Callable[[str], None]) -> StepLog:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        plane = next(h for h in self.spec.hosts if h.role == "control-plane")
+        use_emulation = self.spec.emulation == "on"
+        if self.spec.emulation == "auto":
+            use_emulation = self.executor(_host_id(plane)).execute(kvm_check_script(), None, 30).status != 0
+        steps = cluster_steps(self.spec, use_emulation)
+        # the join step runs what the control plane printed
+        pre = [s for s in steps if s.name != "kubeadm-join"]
+        split = next(i for i, s in enumerate(pre) if s.name == "nodes-ready")
+        log = run_steps(pre[:split], self.executor, say=say)
+        joins = [s for s in steps if s.name == "kubeadm-join"]
+        if joins:
+            result = self.executor(_host_id(plane)).execute(f"cat {JOIN_FILE}", None, 30)
+            command = result.output.strip()
+            joins = [Step(s.name, command, check=s.check, retries=s.retries, timeout_s=s.timeout_s, host=s.host)
+                     for s in joins]
+            log.entries += run_steps(joins, self.executor, say=say).entries
+        log.entries += run_steps(pre[split:], self.executor, say=say).entries
+        result = self.executor(_host_id(plane)).execute(f"cat {shlex.quote(ADMIN)}", None, 30)
+        if result.status != 0:
+            raise RuntimeError(f"cannot read {ADMIN} on {plane.address}: {result.output[-300:]}")
+        self.kubeconfig.write_text(result.output)
+        self.kubeconfig.chmod(0o600)
+        return log
+
+    def down(self) -> list[str]:
+        removed = []
+        if not self.spec.keep:
+            for host in self.spec.hosts:
+                result = self.executor(_host_id(host)).execute("kubeadm reset -f", None, 300)
+                if result.status == 0:
+                    removed.append(f"kubeadm node {host.address}")
+        for ex in self._executors.values():
+            ex.close()
+        return removed

@@ -1,0 +1,55 @@
+"""nox sessions. They run in the project's .venv (made by scripts/bootstrap): `.venv/bin/nox -s tests`."""
+
+from __future__ import annotations
+
+import sys
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "tests"]
+PY = sys.executable  # the interpreter nox runs under: .venv/bin/python
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """virtproof's own tests (the README's test command)."""
+    session.run(PY, "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff, and mypy --strict on lab/, reports/, scenarios/."""
+    session.run(PY, "-m", "ruff", "check", ".")
+    session.run(PY, "-m", "mypy")
+
+
+@nox.session
+def run(session: nox.Session) -> None:
+    """Run a scenario: nox -s run -- scenarios/quickstart.yaml [virtproof run flags]."""
+    args = session.posargs or ["scenarios/quickstart.yaml"]
+    session.run(PY, "-m", "virtproof", "run", *args)
+
+
+@nox.session
+def lab(session: nox.Session) -> None:
+    """Manage a lab: nox -s lab -- up|down|status|clean|plan SCENARIO."""
+    session.run(PY, "-m", "virtproof", "lab", *(session.posargs or ["status", "scenarios/quickstart.yaml"]))
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Compare runs: nox -s report -- results/A results/B [-o OUT]."""
+    session.run(PY, "-m", "virtproof", "compare", *session.posargs)
+
+
+@nox.session
+def bench_boot(session: nox.Session) -> None:
+    """Bare qemu vs virtproof, median time to SSH (goal: within 5 %)."""
+    session.run(PY, "benchmarks/bench_boot.py", *session.posargs)
+
+
+@nox.session
+def bench_report(session: nox.Session) -> None:
+    """10 runs, 1,000,000 samples, rendered as one comparison."""
+    session.run(PY, "benchmarks/bench_report.py", *session.posargs)

@@ -1,0 +1,28 @@
+"""Helpers the KubeVirt tests share: a started fake cluster and a platform opened on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lab.kubevirt.config import ImageConfig, KubeVirtConfig
+from lab.kubevirt.connect import ConnectOptions
+from lab.kubevirt.manifests import DiskSource
+from lab.kubevirt.platform import KubeVirtPlatform
+from tests.fakekube import FakeCluster
+
+FEDORA = ImageConfig(DiskSource(container_disk="quay.io/containerdisks/fedora:41"), user="fedora")
+
+
+def config(cluster: FakeCluster, state: Path, run_id: str = "t1", **overrides: Any) -> KubeVirtConfig:
+    base: dict[str, Any] = {
+        "run_id": run_id, "state_dir": state,
+        "connect": ConnectOptions(str(cluster.kubeconfig), qps=200, burst=200),
+        "images": {"micro": FEDORA}, "delete_timeout_s": 10.0,
+    }
+    base.update(overrides)
+    return KubeVirtConfig(**base)
+
+
+def open_platform(cluster: FakeCluster, state: Path, run_id: str = "t1", **overrides: Any) -> KubeVirtPlatform:
+    return KubeVirtPlatform.open(config(cluster, state, run_id, **overrides))

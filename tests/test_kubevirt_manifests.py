@@ -1,0 +1,129 @@
+"""Every object the KubeVirt backend and labs can send validates against KubeVirt's and CDI's
+OpenAPI schemas (../shared/kubevirt); the validator itself rejects invalid objects."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lab import kubevirt_schema
+from lab.clusters.install import cdi_cr, kubevirt_cr
+from lab.kubevirt import manifests
+from lab.kubevirt.manifests import CloudInit, DiskSource, UnsupportedSpec
+from lab.kubevirt.preflight import NAMESPACE_PERMS, OPTIONAL, REQUIRED, Permission
+from lab.platform import MigrationPolicy, VMSpec
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _schemas(shared_kubevirt: Path) -> None:
+    kubevirt_schema.load_schemas(shared_kubevirt)
+
+
+CI = CloudInit("fedora", "ssh-ed25519 AAAAC3Nz client", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END", "ssh-ed25519 AAAA host")
+SOURCES = [DiskSource(container_disk="quay.io/containerdisks/fedora:41"),
+           DiskSource(http_url="http://10.0.0.1:8080/disk.qcow2", size="2Gi", storage_class="local"),
+           DiskSource(data_volume="imported-disk")]
+
+
+@pytest.mark.parametrize(("source", "bus", "nic", "cloud", "node", "scratch"), list(itertools.product(
+    SOURCES, ["virtio", "scsi", "sata"], ["virtio", "e1000"], [CI, None], [None, "node-2"], [0, 64])))
+def test_every_virtual_machine_validates(source: DiskSource, bus: str, nic: str, cloud: CloudInit | None,
+                                         node: str | None, scratch: int) -> None:
+    spec = VMSpec(name="vm-1", cpus=2, memory_mib=512, node=node, disk_bus=bus, nic_model=nic,  # type: ignore[arg-type]
+                  scratch_disk_mib=scratch, labels=(("team", "qa"),))
+    vm = manifests.virtual_machine(spec, "virtproof-r1", "r1", source, cloud)
+    assert kubevirt_schema.validate("v1.VirtualMachine", vm) == []
+    assert vm["metadata"]["labels"]["virtproof.io/run-id"] == "r1"
+    assert vm["spec"]["template"]["metadata"]["labels"]["virtproof.io/run-id"] == "r1"
+    assert vm["spec"]["runStrategy"] == "Always"
+    domain = vm["spec"]["template"]["spec"]["domain"]
+    assert domain["cpu"]["cores"] == 2 and domain["resources"]["requests"]["memory"] == "512Mi"
+    for template in vm["spec"].get("dataVolumeTemplates", []):
+        assert kubevirt_schema.validate("v1beta1.DataVolume", {"apiVersion": "cdi.kubevirt.io/v1beta1",
+                                                               "kind": "DataVolume", **template}) == []
+
+
+def test_cloud_init_injects_the_run_key_pins_the_host_key_and_starts_http() -> None:
+    vm = manifests.virtual_machine(VMSpec(name="a"), "ns", "r1", SOURCES[0], CI)
+    volume = next(v for v in vm["spec"]["template"]["spec"]["volumes"] if "cloudInitNoCloud" in v)
+    text = volume["cloudInitNoCloud"]["userData"]
+    assert text.startswith("#cloud-config\n")
+    data = yaml.safe_load(text)
+    assert CI.authorized_key in data["ssh_authorized_keys"]
+    assert data["ssh_keys"]["ed25519_public"] == CI.host_public_key
+    assert "httpd -p 80" in data["runcmd"][0][2]
+
+
+@pytest.mark.parametrize("policy", [
+    MigrationPolicy(mode="postcopy"), MigrationPolicy(mode="auto_converge"),
+    MigrationPolicy(bandwidth_mibps=32), MigrationPolicy(downtime_limit_ms=50),
+    MigrationPolicy(mode="postcopy", bandwidth_mibps=64, downtime_limit_ms=100)])
+def test_migration_policies_validate(policy: MigrationPolicy) -> None:
+    body = manifests.migration_policy("r1", policy)
+    assert body is not None
+    assert kubevirt_schema.validate("v1alpha1.MigrationPolicy", body) == []
+    assert body["metadata"]["labels"] == {"virtproof.io/run-id": "r1"}
+
+
+def test_plain_precopy_needs_no_policy() -> None:
+    assert manifests.migration_policy("r1", MigrationPolicy()) is None
+
+
+@pytest.mark.parametrize("target", [None, "node-2"])
+def test_migration_validates(target: str | None) -> None:
+    body = manifests.migration("vm-1-mig-1", "vm-1", "ns", "r1", target)
+    assert kubevirt_schema.validate("v1.VirtualMachineInstanceMigration", body) == []
+
+
+def test_data_volume_and_cluster_resources_validate() -> None:
+    assert kubevirt_schema.validate("v1beta1.DataVolume", manifests.data_volume("d", "ns", "r1", SOURCES[1])) == []
+    for emulation in (True, False):
+        assert kubevirt_schema.validate("v1.KubeVirt", kubevirt_cr(emulation)) == []
+    assert kubevirt_schema.validate("v1beta1.CDI", cdi_cr()) == []
+
+
+@pytest.mark.parametrize(("field", "value"), [("disk_bus", "ide"), ("nic_model", "vmxnet3")])
+def test_what_kubevirt_cannot_express_is_refused(field: str, value: str) -> None:
+    spec = VMSpec(name="a", **{field: value})  # type: ignore[arg-type]
+    with pytest.raises(UnsupportedSpec, match=value):
+        manifests.virtual_machine(spec, "ns", "r1", SOURCES[0], None)
+
+
+def test_validator_rejects_virt_v2v_style_kubevirt_yaml() -> None:
+    # virt-v2v 2.2 -o kubevirt puts cpu under resources and omits networks: not valid KubeVirt.
+    vm = manifests.virtual_machine(VMSpec(name="a"), "ns", "r1", SOURCES[0], None)
+    vm["spec"]["template"]["spec"]["domain"]["resources"]["cpu"] = {"cores": 1}
+    vm["spec"]["runStrategy"] = 3
+    vm["spec"]["bogus"] = True
+    problems = kubevirt_schema.validate("v1.VirtualMachine", vm)
+    text = "\n".join(problems)
+    assert "spec.runStrategy" in text and "'bogus' was unexpected" in text and "'cpu' was unexpected" in text
+
+
+def _rules(path: Path) -> set[tuple[str, str, str]]:
+    granted = set()
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc["kind"] in ("ClusterRole", "Role"):
+            for rule in doc["rules"]:
+                for group, res, verb in itertools.product(rule["apiGroups"], rule["resources"], rule["verbs"]):
+                    granted.add((group, res, verb))
+    return granted
+
+
+def _key(p: Permission) -> tuple[str, str, str]:
+    return (p.group, f"{p.resource}/{p.subresource}" if p.subresource else p.resource, p.verb)
+
+
+def test_shipped_cluster_role_grants_every_permission_the_preflight_checks(project_root: Path) -> None:
+    granted = _rules(project_root / "deploy/rbac/virtproof-clusterrole.yaml")
+    wanted = [*REQUIRED, *NAMESPACE_PERMS, *itertools.chain.from_iterable(OPTIONAL.values())]
+    assert [p for p in wanted if _key(p) not in granted] == []
+
+
+def test_role_variant_grants_the_required_set_without_namespaces(project_root: Path) -> None:
+    granted = _rules(project_root / "deploy/rbac/virtproof-role.yaml")
+    assert [p for p in REQUIRED if _key(p) not in granted] == []
+    assert not any(res == "namespaces" for _, res, _ in granted)

@@ -1,0 +1,85 @@
+"""The migration suite's scenario section: defaults, labels, and errors with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.platform import MigrationPolicy
+from scenarios.migration import DirtyWorkload, HttpWorkload, IdleWorkload, policy_label, workload_label
+from scenarios.model import ScenarioError, load_scenario, parse_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _text(nodes: int = 2, suite: str = "pattern: sequential", memory: str = "256Mi") -> str:
+    return (
+        "name: m\n"
+        f"lab: {{kind: qemu, nodes: {nodes}}}\n"
+        f"guest: {{memory: {memory}}}\n"
+        "suites:\n"
+        "  migration:\n"
+        f"    {suite}\n"
+    )
+
+
+def test_shipped_scenarios_load() -> None:
+    suite = load_scenario(ROOT / "scenarios/migration.yaml").scenario.suites.migration
+    assert suite is not None and suite.pattern == "sequential" and isinstance(suite.workload, DirtyWorkload)
+    quick = load_scenario(ROOT / "tests/migration/quick.yaml").scenario.suites.migration
+    assert quick is not None and quick.faults
+
+
+def test_defaults_and_policy() -> None:
+    suite = parse_scenario(_text()).suites.migration
+    assert suite is not None
+    assert suite.round_trips == 1 and isinstance(suite.workload, IdleWorkload)
+    assert suite.policy.policy() == MigrationPolicy("precopy", None, None, 120.0)
+    assert suite.probe_interval_ms <= 10  # 100 Hz or faster
+
+
+@pytest.mark.parametrize("pattern", ["sequential", "evacuate", "round_robin"])
+def test_one_node_lab_is_a_scenario_error_with_line(pattern: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(_text(nodes=1, suite=f"pattern: {pattern}"), "s.yaml")
+    message = str(info.value)
+    assert message.startswith("s.yaml:4: suites:"), message
+    assert f"pattern {pattern} needs at least 2 nodes; the lab has 1" in message
+
+
+def test_dirty_workload_must_fit_dev_shm() -> None:
+    with pytest.raises(ScenarioError, match=r"workload.mib 200 does not fit .*half of 256 MiB"):
+        parse_scenario(_text(suite="workload: {kind: dirty, mib: 200}"), "s.yaml")
+
+
+def test_parallel_needs_k_of_two_or_more() -> None:
+    with pytest.raises(ScenarioError, match=r"s\.yaml:5: suites\.migration: pattern parallel"):
+        parse_scenario(_text(suite="pattern: parallel"), "s.yaml")
+    ok = parse_scenario(_text(suite="pattern: parallel\n    count: 3\n    concurrency: 2"))
+    assert ok.suites.migration is not None and ok.suites.migration.concurrency == 2
+
+
+@pytest.mark.parametrize(
+    ("suite", "where"),
+    [
+        ("pattern: diagonal", "suites.migration.pattern: must be one of"),
+        ("policy: {mode: turbo}", "suites.migration.policy.mode: must be one of"),
+        ("policy: {bandwidth_mibps: 0}", "suites.migration.policy.bandwidth_mibps: must be at least 1"),
+        ("workload: {kind: dance}", "suites.migration.workload: unknown kind 'dance'"),
+        ("probe_interval_ms: 50", "suites.migration.probe_interval_ms: must be at most 10"),
+        ("round_trip: 2", "suites.migration.round_trip: unknown key"),
+    ],
+)
+def test_bad_parameters_name_the_field(suite: str, where: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(_text(suite=suite), "s.yaml")
+    assert str(info.value).startswith("s.yaml:6: " + where), str(info.value)
+
+
+def test_labels() -> None:
+    assert policy_label(MigrationPolicy()) == "precopy"
+    assert policy_label(MigrationPolicy("postcopy", 32, 50)) == "postcopy-bw32-dt50"
+    assert workload_label(IdleWorkload(kind="idle")) == "idle"
+    assert workload_label(DirtyWorkload(kind="dirty", mib=48, rate_mibps=10)) == "dirty-48mib-10mibps"
+    assert workload_label(HttpWorkload(kind="http", users=2, rate=20)) == "http-2u-20rps"

@@ -1,0 +1,167 @@
+"""The prober (its own process) and the locust load (its own process) against local servers."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.load import LoadSpec, LocustRun, RequestRecord, window
+from lab.prober import ProbeLog, Prober, ProbeRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"guest\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        return
+
+
+class _Server:
+    """An HTTP server on a fixed port that can go away and come back (a guest's pause)."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.httpd: http.server.ThreadingHTTPServer | None = None
+        self.start()
+
+    def start(self) -> None:
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    srv = _Server()
+    yield srv
+    srv.stop()
+
+
+def _log(*pairs: tuple[float, float | None]) -> ProbeLog:
+    return ProbeLog(tuple(ProbeRecord(s, a, "ok" if a is not None else "timeout") for s, a in pairs))
+
+
+def test_longest_gap_is_between_answers_around_the_window() -> None:
+    log = _log((0.0, 0.01), (0.1, 0.11), (0.2, None), (0.3, None), (0.4, 0.95), (1.0, 1.01), (5.0, 5.01), (9.0, 9.5))
+    gap = log.longest_gap(0.15, 0.5)
+    assert gap is not None and gap.start == 0.11 and gap.end == 0.95
+    assert gap.seconds == pytest.approx(0.84) and gap.probes_in_window == 3 and gap.answered_in_window == 1
+    # the 1.01 -> 5.01 silence is outside the window and does not count
+    assert log.longest_gap(0.0, 0.05) == log.longest_gap(0.0, 0.05)
+    assert log.longest_gap(0.0, 0.05) is not None and log.longest_gap(0.0, 0.05).end == 0.11  # type: ignore[union-attr]
+
+
+def test_no_answer_after_the_window_is_open_ended() -> None:
+    log = _log((0.0, 0.01), (0.5, None), (1.0, None), (3.0, None))
+    gap = log.longest_gap(0.2, 1.0)
+    assert gap is not None and gap.end is None and gap.seconds == pytest.approx(2.99)
+    assert _log((0.0, None)).longest_gap(0.0, 1.0) is None
+
+
+def test_prober_process_sees_an_outage(server: _Server, tmp_path: Path) -> None:
+    out = tmp_path / "probe.log"
+    prober = Prober("127.0.0.1", server.port, out, interval_ms=5)
+    try:
+        assert prober.wait_answering(15), out.read_text() if out.exists() else "no log"
+        time.sleep(0.3)
+        down = time.time()
+        server.stop()
+        time.sleep(0.6)
+        server.start()
+        up = time.time()
+        time.sleep(0.5)
+    finally:
+        log = prober.stop()
+    assert prober.popen.returncode == 0
+    gap = log.longest_gap(down, up)
+    assert gap is not None and gap.end is not None
+    assert gap.start <= down and gap.end >= up, gap  # the whole outage is inside the gap
+    assert log.failures_between(down, up) > 0
+    sent = [r.sent for r in log.records]
+    assert len(sent) > 100  # it kept probing through the outage
+
+
+def test_prober_stops_when_its_parent_dies(server: _Server, tmp_path: Path) -> None:
+    out = tmp_path / "probe.log"
+    code = (
+        "import subprocess,sys,time;"
+        f"p=subprocess.Popen([sys.executable,'-m','lab.prober','127.0.0.1','{server.port}','--out','{out}']);"
+        "print(p.pid,flush=True);time.sleep(1)"
+    )
+    parent = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    pid = int(parent.stdout.split()[0])
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "the orphaned prober kept running"
+
+
+def test_locust_runs_in_its_own_process_and_is_bounded(server: _Server, tmp_path: Path) -> None:
+    spec = LoadSpec(f"http://127.0.0.1:{server.port}", users=2, rate=40, run_time_s=30, max_requests=50)
+    started = time.time()
+    with LocustRun(spec, tmp_path / "locust") as run:
+        run.wait_started(60)
+        run.popen.wait(30)  # the request bound ends it long before the time bound
+    records = run.records()
+    assert 50 <= len(records) <= 60 and all(r.ok for r in records)
+    assert run.history_csv.exists() and "Aggregated" in run.history_csv.read_text()
+    assert (tmp_path / "locust" / "locust.json").exists()
+    w = window(records, started, time.time())
+    assert w.requests == len(records) and w.failures == 0 and w.p99_ms is not None and w.max_ms is not None
+
+
+def test_locust_counts_failures_in_a_window(server: _Server, tmp_path: Path) -> None:
+    spec = LoadSpec(f"http://127.0.0.1:{server.port}", users=2, rate=40, run_time_s=30)
+    with LocustRun(spec, tmp_path / "locust") as run:
+        run.wait_started(60)
+        time.sleep(0.5)
+        down = time.time()
+        server.stop()
+        time.sleep(0.5)
+        up = time.time()
+        server.start()
+        time.sleep(0.5)
+    records = run.stop()
+    assert window(records, down + 0.05, up - 0.05).failures > 0
+    assert window(records, up + 0.2, time.time()).failures == 0
+
+
+def test_window_statistics() -> None:
+    records = [RequestRecord(float(i), float(i), i != 3) for i in range(1, 101)]
+    w = window(records, 1, 100)
+    assert w.requests == 100 and w.failures == 1 and w.max_ms == 100
+    assert w.p99_ms == 100  # nearest rank over the 99 answered: ceil(0.99 * 99) = 99th smallest
+    assert window([RequestRecord(float(i), float(i), True) for i in range(1, 201)], 0, 300).p99_ms == 198
+
+
+def test_harness_modules_do_not_import_locust_or_gevent() -> None:
+    code = (
+        "import sys, lab.load, lab.prober, lab.qemu.migration, lab.qemu.l2, suites.test_migration;"
+        "bad=[m for m in ('locust','gevent') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
