@@ -109,6 +109,7 @@ class DensityRamp:
         self._created: list[VM] = []
         self._cancel = threading.Event()
         self._per_vm_mib: float | None = None
+        self._peak_threads = 0
 
     # --- the ramp ------------------------------------------------------------------------
 
@@ -192,7 +193,8 @@ class DensityRamp:
         whole = hm.cpu_usage(start, hm.cpu_snapshot())
         self.record("density.harness_cpu_fraction", whole.harness_fraction, "fraction", **labels)
         self.record("density.harness_cpu_share", whole.harness_share_of_busy, "fraction", **labels)
-        self.record("density.harness_threads", hm.process_threads("self"), "count", **labels)
+        self.record("density.harness_threads", self._peak_threads, "count", **labels)  # peak while booting
+        self._peak_threads = 0
         self.record("density.host_load1", os.getloadavg()[0], "load", **labels)
         stats = StepStats(
             index,
@@ -232,6 +234,7 @@ class DensityRamp:
                 futures.append(pool.submit(self._boot, name))
             pending = set(futures)
             while pending:  # short waits keep the main thread responsive to Ctrl-C
+                self._peak_threads = max(self._peak_threads, hm.process_threads("self"))
                 _, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
             return [f.result() for f in futures]
         except BaseException:
@@ -283,7 +286,11 @@ class DensityRamp:
         if not vms:
             return []
         with ThreadPoolExecutor(max_workers=min(len(vms), 16), thread_name_prefix="density-check") as pool:
-            answers = list(pool.map(self._answers, vms))
+            try:
+                answers = list(pool.map(self._answers, vms))
+            except BaseException:
+                self._cancel.set()  # an interrupt: let the checks end now, not at their timeouts
+                raise
         return [vm for vm, ok in zip(vms, answers, strict=True) if not ok]
 
     def _answers(self, vm: VM) -> bool:
@@ -319,8 +326,7 @@ class DensityRamp:
             if pid is None:
                 continue
             try:
-                with GuestSession(vm.ssh_endpoint(), self.access, timeout=self.suite.liveness_timeout_s) as session:
-                    guest = hm.parse_meminfo(session.run("cat /proc/meminfo", check=True).stdout)
+                guest = self._guest_meminfo(vm)
                 qemu = hm.process_memory(pid)
             except (GuestUnreachable, HostKeyMismatch, hm.MetricUnavailable, ValueError) as exc:
                 self.log(f"overhead of {vm.name} not measured: {exc}")
@@ -333,6 +339,23 @@ class DensityRamp:
             self.record(
                 "density.vm_overhead_private_mib", qemu.private_mib - guest_used, "MiB", vm=vm.name, **labels
             )
+
+    def _guest_meminfo(self, vm: VM) -> hm.MemInfo:
+        """The guest's own /proc/meminfo over SSH (host key pinned by the platform's image)."""
+        assert self.access is not None
+        try:
+            with GuestSession(vm.ssh_endpoint(), self.access, timeout=self.suite.liveness_timeout_s) as session:
+                return hm.parse_meminfo(session.run("cat /proc/meminfo", check=True).stdout)
+        except HostKeyMismatch:
+            # The image was rebuilt since the ramp began (new guests boot the newest build, whose
+            # key the platform pins too): take the platform's current pin, once, and retry.
+            fresh = self.platform.guest_access(vm.spec.image)
+            if fresh == self.access:
+                raise
+            self.log(f"{vm.name}: the {vm.spec.image} image was rebuilt during the ramp; using its new pinned key")
+            self.access = fresh
+            with GuestSession(vm.ssh_endpoint(), self.access, timeout=self.suite.liveness_timeout_s) as session:
+                return hm.parse_meminfo(session.run("cat /proc/meminfo", check=True).stdout)
 
     def _settle(self, running: Sequence[VM], labels: dict[str, Any]) -> float:
         """Measure the idle cost of ``running`` over ``settle_s``; returns host busy fraction."""

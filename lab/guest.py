@@ -57,6 +57,18 @@ def generate_client_key(path: Path) -> str:
     return line
 
 
+def banner_recv_timeout(elapsed: float, floor: float = 0.25, share: float = 0.05, ceiling: float = 3.0) -> float:
+    """How long to wait for the banner on one connection, ``elapsed`` seconds into the wait.
+
+    Short (``floor``) while a guest boots normally, then ``share`` of the time already waited,
+    up to ``ceiling``. Every abandoned connection costs the guest a dropbear fork; on a host
+    with more booting guests than cores the banner takes longer than 0.25 s to come, and fixed
+    0.25 s polling both never waits long enough and keeps the guest busy forking (a storm of
+    40 TCG guests on 2 cores never reached SSH). Detection delay stays within ~5 % of the wait.
+    """
+    return min(max(floor, elapsed * share), ceiling)
+
+
 def wait_for_banner(
     endpoint: Endpoint,
     timeout: float,
@@ -66,13 +78,16 @@ def wait_for_banner(
     alive: Callable[[], bool] = lambda: True,
 ) -> float:
     """Block until ``endpoint`` sends an SSH banner; return the time it arrived (epoch seconds)."""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while time.monotonic() < deadline:
         if not alive():
             raise GuestUnreachable(f"{endpoint}: the VM stopped before SSH answered")
+        now = time.monotonic()
+        wait = min(banner_recv_timeout(now - start, floor=recv_timeout), max(deadline - now, 0.05))
         try:
-            with socket.create_connection((endpoint.host, endpoint.port), timeout=recv_timeout) as sock:
-                sock.settimeout(recv_timeout)
+            with socket.create_connection((endpoint.host, endpoint.port), timeout=wait) as sock:
+                sock.settimeout(wait)
                 data = sock.recv(8)
                 if data.startswith(b"SSH-"):
                     return time.time()

@@ -44,8 +44,13 @@ def _widen(node: Any, strict: bool) -> Any:
             out.get("type") == "string" and "Quantity is a fixed-point" in str(out.get("description", ""))
         ):
             out["type"] = ["string", "number"]
-        if (strict and out.get("type") == "object" and isinstance(out.get("properties"), dict)
-                and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            strict
+            and out.get("type") == "object"
+            and isinstance(out.get("properties"), dict)
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(node, list):

@@ -62,7 +62,7 @@ def _run(host: str, port: int, out: Path, mode: ProbeMode, interval: float, time
     end = time.monotonic() + duration
     next_send = time.monotonic()
     last_flush = next_send
-    with open(out, "a", buffering=1 << 16) as fh:
+    with open(out, "w", buffering=1 << 16) as fh:  # a fresh log: never mix runs
 
         def finish(probe: _Probe, answered: float | None, status: str) -> None:
             sel.unregister(probe.sock)

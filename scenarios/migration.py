@@ -9,6 +9,7 @@ suites:
     pattern: sequential # sequential | parallel | evacuate | round_robin
     workload: {kind: dirty, mib: 48, rate_mibps: 0}   # idle | dirty | http
     policy: {mode: precopy, bandwidth_mibps: 64, downtime_limit_ms: 300, timeout_s: 120}
+    probe: http         # the prober: GET /name at 100 Hz (or tcp: a bare connect, cheaper for the guest)
     faults: true        # also run the fault tests (link down, destination/source killed)
 ```
 """
@@ -71,6 +72,7 @@ class MigrationSuite(SuiteRunner):
     workload: Workload = Field(default_factory=lambda: IdleWorkload(kind="idle"))
     policy: PolicySpec = Field(default_factory=PolicySpec)
     probe_interval_ms: float = Field(10.0, ge=1.0, le=10.0, description="prober period: 100 Hz or faster")
+    probe: Literal["http", "tcp"] = Field("http", description="GET /name, or a bare TCP connect (cheaper)")
     faults: bool = False
     fault_timeout_s: float = Field(20.0, gt=0, le=3600, description="policy timeout in the fault tests")
     fault_bandwidth_mibps: int = Field(8, ge=1, le=1024, description="slow the fault tests' moves to hit them mid-way")

@@ -26,8 +26,13 @@ from pydantic import Field, model_validator
 from scenarios.model import Strict, SuiteRunner
 
 Fixture = Literal[
-    "micro-virtio", "micro-novirtio", "debian-clean", "debian-vmware", "debian-netpinned",
-    "debian-ova", "debian-ova-tampered",
+    "micro-virtio",
+    "micro-novirtio",
+    "debian-clean",
+    "debian-vmware",
+    "debian-netpinned",
+    "debian-ova",
+    "debian-ova-tampered",
 ]
 VerdictName = Literal["ready", "needs-fixes", "blocked"]
 
@@ -68,6 +73,8 @@ class V2VSuite(SuiteRunner):
     @model_validator(mode="after")
     def _concurrency_not_above_count(self) -> V2VSuite:  # overrides SuiteRunner's rule
         if self.concurrency > len(self.sources) * self.count:
-            raise ValueError(f"concurrency ({self.concurrency}) is more than the sources to validate "
-                             f"({len(self.sources) * self.count})")
+            raise ValueError(
+                f"concurrency ({self.concurrency}) is more than the sources to validate "
+                f"({len(self.sources) * self.count})"
+            )
         return self

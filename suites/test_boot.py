@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lab.guest import GuestSession, HostKeyMismatch
+from lab.nodelock import node_lock
 from lab.platform import GuestAccess, GuestUnreachable, Platform, PlatformError
 from scenarios.model import BootSuite, Scenario, load_scenario
 from suites.factory import Recorder, VMFactory
@@ -113,8 +114,9 @@ def boot_outcomes(
     if suite is None:
         pytest.skip("the scenario has no boot suite")
     factory = VMFactory(platform, scenario.guest, prefix=f"boot-{os.environ.get('PYTEST_XDIST_WORKER', 'w0')}")
+    # Shared: boot runs may overlap each other, but not a density ramp that needs the node alone.
     try:
-        with ThreadPoolExecutor(max_workers=suite.concurrency, thread_name_prefix="boot") as pool:
+        with node_lock(exclusive=False), ThreadPoolExecutor(suite.concurrency, thread_name_prefix="boot") as pool:
             futures = [
                 pool.submit(_boot_one, factory, platform, guest_access, record, suite, scenario.guest.image)
                 for _ in range(suite.count)

@@ -255,3 +255,12 @@ def test_node_lock_excludes_other_processes(tmp_path: Path, monkeypatch: pytest.
         holder.wait()
     with node_lock(exclusive=True, timeout=5):
         pass  # the kernel dropped the dead holder's lock
+
+
+def test_banner_polling_backs_off_as_a_boot_drags_on() -> None:
+    from lab.guest import banner_recv_timeout
+
+    assert banner_recv_timeout(0.0) == 0.25  # a normal boot keeps 0.25 s detection
+    assert banner_recv_timeout(4.0) == 0.25
+    assert banner_recv_timeout(20.0) == pytest.approx(1.0)  # 5 % of the time waited
+    assert banner_recv_timeout(600.0) == 3.0

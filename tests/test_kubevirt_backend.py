@@ -55,7 +55,12 @@ def test_boot_timeline_comes_from_watch_events_in_kubevirt_phase_order(
     quantiles = {q.quantile_name: q for q in platform.latency_quantiles()}
     for name in ("VMICreated", "VMIPending", "VMIScheduling", "VMIScheduled", "VMIRunning", "VMReady"):
         assert name in quantiles and quantiles[name].count == 1
-    assert quantiles["VMIScheduled"].p99 >= quantiles["VMIPending"].p99
+    assert quantiles["VMIScheduled"].p99 >= quantiles["VMIPending"].p99 >= 0
+    samples: list[tuple[str, float, str, dict[str, str]]] = []
+    count = platform.record_latencies(lambda m, v, u, **labels: samples.append((m, v, u, labels)))
+    assert count == len(samples) >= 6
+    assert ("vmi_latency.VMIRunning_ms", quantiles["VMIRunning"].p50, "ms",
+            {"vm": "boot-1", "time_source": "platform"}) in samples
     platform.delete_vm(vm)
     assert vm.record.vmi_deleted
     platform.delete_vm(vm)  # idempotent
@@ -237,11 +242,11 @@ def test_disk_import_serves_the_file_and_cdi_downloads_it(cluster: FakeCluster, 
     disk = tmp_path / "converted.qcow2"
     disk.write_bytes(b"QFI\xfb" + bytes(range(256)) * 4096)
     try:
-        result = import_disk(p, disk, "imported", advertise="127.0.0.1", bind_address="127.0.0.1", timeout=30)
+        result = import_disk(p, disk, "probe", advertise="127.0.0.1", bind_address="127.0.0.1", timeout=30)
         assert result.phase == "Succeeded" and result.progress == "100.0%"
-        assert (tmp_path / f"{p.namespace}-imported.img").read_bytes() == disk.read_bytes()
-        p.register_image("imported", ImageConfig(DiskSource(data_volume="imported"), cloud_init=True))
-        vm = p.create_vm(VMSpec(name="from-dv", image="imported"))
+        assert (tmp_path / f"{p.namespace}-probe.img").read_bytes() == disk.read_bytes()
+        image = p.import_disk(disk, "imported", advertise="127.0.0.1", timeout=30)
+        vm = p.create_vm(VMSpec(name="from-dv", image=image))
         p.wait_running(vm, 20)
         vols = cluster.store.get("kubevirt.io/v1/virtualmachineinstances", p.namespace, "from-dv")["spec"]["volumes"]
         assert vols[0] == {"name": "rootdisk", "dataVolume": {"name": "imported"}}
@@ -289,3 +294,110 @@ def test_secrets_never_reach_logs_or_errors(cluster: FakeCluster, tmp_path: Path
     text = caplog.text + "".join(r.getMessage() for r in caplog.records)
     assert cluster.token not in text and "<redacted>" in text
     assert "OPENSSH PRIVATE KEY" not in text
+
+
+def test_lab_clean_removes_only_runs_whose_local_owner_is_gone(cluster: FakeCluster, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import os
+
+    from lab.clusters.registry import leftovers_cleaner
+    from lab.qemu.state import boot_id
+
+    monkeypatch.setenv("VIRTPROOF_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    owners = {"dead-run": 2**22 + 12345, "live-run": os.getpid()}
+    platforms = []
+    for run_id in ("dead-run", "live-run", "foreign-run"):
+        p = open_platform(cluster, tmp_path / run_id, run_id=run_id)
+        p.create_vm(VMSpec(name=f"vm-{run_id}"))
+        platforms.append(p)
+        if run_id in owners:
+            state = tmp_path / "state" / "kubevirt" / run_id
+            state.mkdir(parents=True)
+            (state / "owner.json").write_text(json.dumps({"pid": owners[run_id], "boot_id": boot_id()}))
+    try:
+        removed = leftovers_cleaner()
+        assert removed and all("(run dead-run)" in line for line in removed), removed
+        left = {item.run_id for item in cleanup.leftovers(platforms[0].kube)}
+        assert left == {"live-run", "foreign-run"}
+    finally:
+        for p in platforms:
+            cleanup.clean(p.kube, p.config.run_id)
+            p.close()
+
+
+def test_informer_relists_after_410_gone_and_keeps_recording(cluster: FakeCluster, tmp_path: Path) -> None:
+    from collections import deque
+
+    from lab.kubevirt.informer import Informer
+    from lab.kubevirt.resources import VMI as VMI_RES
+    from lab.kubevirt.resources import Kube
+
+    p = open_platform(cluster, tmp_path)
+    seen: list[tuple[str, str]] = []
+    kube = Kube(p.conn)
+    informer = Informer(kube, VMI_RES, p.namespace, p.selector,
+                        lambda kind, obj, _: seen.append((kind, obj["metadata"]["name"])), idle_timeout_s=0.3)
+    try:
+        informer.start()
+        informer.synced.wait(10)
+        p.wait_running(p.create_vm(VMSpec(name="gone-1")), 20)
+        cluster.store.history = deque(maxlen=5)  # the server forgets: the next watch gets 410 Gone
+        for i in range(10):
+            cluster.store.create("v1/configmaps", "x", {"metadata": {"name": f"c{i}"}})
+        informer._interrupt()  # drop the current watch: it resumes from an expired resourceVersion
+        p.wait_running(p.create_vm(VMSpec(name="gone-2")), 20)
+        assert p.recorder.wait_for(lambda: ("ADDED", "gone-2") in seen or ("SYNC", "gone-2") in seen, 10)
+        assert ("SYNC", "gone-1") in seen  # relisted after 410
+        assert informer.error is None
+    finally:
+        informer.stop()
+        cleanup.clean(p.kube, "t1")
+        p.close()
+
+
+def test_kubeconfig_keys_passwords_and_provider_tokens_are_redacted(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import base64
+
+    import yaml
+
+    from lab.kubevirt.connect import ConnectOptions, connect
+
+    pem = ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v1FCLoMDfmSHBZ6sUvG3l2lNvqxBvY5oWx0pN\n"
+           "-----END PRIVATE KEY-----\n")
+    key_b64 = base64.b64encode(pem.encode()).decode()
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"client-certificate-data": key_b64, "client-key-data": key_b64,
+                                         "username": "admin", "password": "hunter2-secret-pw"}},
+                  {"name": "o", "user": {"auth-provider": {"name": "oidc", "config": {
+                      "id-token": "eyJhbGciOiJSUzI1NiJ9.oidc-id-token", "refresh-token": "refresh-abcdef123"}}}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    caplog.set_level(logging.DEBUG)
+    conn = connect(ConnectOptions(str(path)))
+    try:
+        log = logging.getLogger("kubernetes")
+        for secret in (key_b64, pem, "MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v1FCLoMDfmSHBZ6sUvG3l2lNvqxBvY5oWx0pN",
+                       "hunter2-secret-pw", "eyJhbGciOiJSUzI1NiJ9.oidc-id-token", "refresh-abcdef123"):
+            log.debug("leaking %s here", secret)
+            assert secret.strip() not in conn.redactor.redact(f"x {secret} y")
+    finally:
+        conn.close()
+    assert "hunter2" not in caplog.text and "MC4CAQAw" not in caplog.text and "oidc-id-token" not in caplog.text
+    assert caplog.text.count("<redacted>") >= 6
+
+
+def test_nodes_are_the_ones_kubevirt_schedules_on(platform: KubeVirtPlatform, cluster: FakeCluster) -> None:
+    cluster.store.create("v1/nodes", "", {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": "control-plane", "labels": {"kubevirt.io/schedulable": "true"}},
+        "spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}})
+    cluster.store.create("v1/nodes", "", {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": "no-handler", "labels": {"kubevirt.io/schedulable": "false"}}, "spec": {}})
+    assert list(platform.nodes()) == ["node-1", "node-2"]
+    assert platform.node_address("node-2") == "127.0.0.1"

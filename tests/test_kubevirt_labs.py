@@ -82,11 +82,16 @@ def test_kind_auto_emulation_asks_the_kvm_probe(tmp_path: Path) -> None:
     assert decide_emulation(parse_scenario(KIND.format(nodes=1, emulation="off")).lab, lambda: False) is False  # type: ignore[arg-type]
 
 
-def test_kind_up_without_kind_binary_is_a_clear_lab_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kind_up_without_kind_binary_is_a_clear_lab_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("VIRTPROOF_STATE", str(tmp_path))
     handle = KubeVirtLabHandle(parse_scenario(KIND.format(nodes=1, emulation="on")), "nokind-1")
-    with pytest.raises(RuntimeError, match="needs kind, kubectl"):
-        handle.up()
+    try:
+        with pytest.raises(RuntimeError, match="needs kind, kubectl"):
+            handle.up()
+    finally:
+        handle.down()
+    assert not (tmp_path / "kubevirt" / "nokind-1").exists()
 
 
 def test_kubeadm_plan_orders_host_steps_init_join_cni_and_installs(project_root: Path) -> None:

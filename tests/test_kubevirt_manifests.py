@@ -22,7 +22,8 @@ def _schemas(shared_kubevirt: Path) -> None:
     kubevirt_schema.load_schemas(shared_kubevirt)
 
 
-CI = CloudInit("fedora", "ssh-ed25519 AAAAC3Nz client", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END", "ssh-ed25519 AAAA host")
+CI = CloudInit("fedora", "ssh-ed25519 AAAAC3Nz client", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END",
+               "ssh-ed25519 AAAA host")
 SOURCES = [DiskSource(container_disk="quay.io/containerdisks/fedora:41"),
            DiskSource(http_url="http://10.0.0.1:8080/disk.qcow2", size="2Gi", storage_class="local"),
            DiskSource(data_volume="imported-disk")]

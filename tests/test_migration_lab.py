@@ -78,7 +78,7 @@ def test_user_network_guest_moves_its_forwards(lab: tuple[QemuLabHandle, QemuPla
     result = platform.migrate(vm, "node1", MigrationPolicy("postcopy"))
     assert result.ok and result.mode == "postcopy", result
     assert vm.ssh_endpoint().host == platform.state.node("node1").address != before.host
-    wait_for_banner(vm.ssh_endpoint(), 30)
+    wait_for_banner(vm.ssh_endpoint(), 120)
     assert _run(platform, vm, "echo ok") == "ok"
     platform.delete_vm(vm)
 

@@ -35,7 +35,8 @@ def _run(virtproof_cmd: list[str], project_root: Path, scenario: Path, results: 
 
 
 def _moves(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    return df[(df["metric"] == metric) & df["label.fault"].isna()] if "label.fault" in df else df[df["metric"] == metric]
+    rows = df[df["metric"] == metric]
+    return rows[rows["label.fault"].isna()] if "label.fault" in rows else rows
 
 
 def test_sequential_dirty_round_trip_and_faults(
@@ -67,22 +68,22 @@ def test_sequential_dirty_round_trip_and_faults(
     assert leftovers(lab_id) == []
 
 
-def test_parallel_postcopy_under_http_load(
+def test_parallel_capped_precopy_under_http_load(
     tmp_path: Path, virtproof_cmd: list[str], project_root: Path, micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:  # fmt: skip
     scenario = tmp_path / "par.yaml"
     scenario.write_text(
         "name: migration-parallel\nlab: {kind: qemu, nodes: 2}\nguest: {memory: 192Mi}\n"
-        "suites:\n  migration:\n    count: 2\n    concurrency: 2\n    pattern: parallel\n"
+        "suites:\n  migration:\n    count: 2\n    concurrency: 2\n    pattern: parallel\n    probe: tcp\n"
         "    workload: {kind: http, users: 2, rate: 10}\n"
-        "    policy: {mode: postcopy, downtime_limit_ms: 50, timeout_s: 120}\n"
+        "    policy: {mode: precopy, bandwidth_mibps: 64, downtime_limit_ms: 100, timeout_s: 120}\n"
     )
     run_dir, df = _run(virtproof_cmd, project_root, scenario, tmp_path / "r")
     for metric in (*MOVE_METRICS, "migration.http_failures"):
         rows = df[df["metric"] == metric]
         assert len(rows) == 4, (metric, rows)
-        assert set(rows["label.policy"]) == {"postcopy-dt50"} and set(rows["label.mode"]) == {"postcopy"}
+        assert set(rows["label.policy"]) == {"precopy-bw64-dt100"} and set(rows["label.mode"]) == {"precopy"}
         assert set(rows["label.workload"]) == {"http-2u-10rps"} and set(rows["label.pattern"]) == {"parallel"}
     assert "migration.http_p99_ms" in set(df["metric"])
     requests = df[df["metric"] == "migration.http_failures"]["labels"].map(lambda labels: int(labels["requests"]))
@@ -99,7 +100,7 @@ def test_evacuate_drains_the_node(
     scenario = tmp_path / "evac.yaml"
     scenario.write_text(
         "name: migration-evacuate\nlab: {kind: qemu, nodes: 2}\nguest: {memory: 160Mi}\n"
-        "suites:\n  migration:\n    count: 2\n    pattern: evacuate\n"
+        "suites:\n  migration:\n    count: 2\n    concurrency: 2\n    pattern: evacuate\n    probe: tcp\n"
     )
     run_dir, df = _run(virtproof_cmd, project_root, scenario, tmp_path / "r")
     total = df[df["metric"] == "migration.total_s"]

@@ -45,7 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" goes to the command untouched (e.g. pytest arguments for `run`).
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    if passthrough:
+        if not hasattr(args, "pytest_args"):
+            parser.error(f"'{args.command}' takes no arguments after --")
+        args.pytest_args = passthrough
     try:
         return int(args.func(args))
     except UsageError as exc:

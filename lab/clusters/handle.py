@@ -37,6 +37,22 @@ Progress = Callable[[str], None]
 KubeLab = KindLab | KubeadmLab | ExistingLab
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (cloud-init userData) as literal blocks, readable in a plan."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def _dump(obj: object) -> list[str]:
+    return yaml.dump(obj, Dumper=_BlockDumper, sort_keys=False).splitlines()
+
+
 class ClusterLabError(RuntimeError):
     """The cluster could not be made or reached; the message says why (exit 3)."""
 
@@ -104,12 +120,12 @@ class KubeVirtLabHandle:
         lines.append(f"# per run: preflight (KubeVirt/CDI Available, SelfSubjectAccessReviews), then in {ns}:")
         if not self.spec.namespace:
             lines.append("kubectl apply -f - <<'EOF'")
-            lines += yaml.safe_dump(namespace(ns, self.lab_id), sort_keys=False).splitlines() + ["EOF"]
+            lines += _dump(namespace(ns, self.lab_id)) + ["EOF"]
         guest = self.scenario.guest
         spec = VMSpec(name="<vm>", image=guest.image, cpus=guest.cpus, memory_mib=guest.memory)
         lines.append(f"# for each VM ({guest.image}, {guest.cpus} CPU, {guest.memory} MiB): a Service and a VM")
         lines.append("kubectl apply -f - <<'EOF'")
-        lines += yaml.safe_dump(guest_service("<vm>", ns, self.lab_id), sort_keys=False).splitlines()
+        lines += _dump(guest_service("<vm>", ns, self.lab_id))
         lines.append("---")
         image = cfg.images.get(guest.image)
         if image is None:
@@ -122,7 +138,7 @@ class KubeVirtLabHandle:
                 cloud = manifests.CloudInit(image.user, "<the run's ssh public key>", "<generated host key>",
                                             "<generated host public key>")
             vm = manifests.virtual_machine(spec, ns, self.lab_id, image.source, cloud)
-            lines += yaml.safe_dump(vm, sort_keys=False).splitlines()
+            lines += _dump(vm)
         lines.append("EOF")
         return lines
 

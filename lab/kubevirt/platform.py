@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, cast
 
 from kubernetes.client.exceptions import ApiException
@@ -22,6 +23,7 @@ from lab.kubevirt.connect import Connection, connect
 from lab.kubevirt.informer import Informer
 from lab.kubevirt.keys import RunKeys, run_keys
 from lab.kubevirt.latency import Quantiles, summarize_all
+from lab.kubevirt.manifests import DiskSource
 from lab.kubevirt.preflight import (
     NAMESPACE_PERMS,
     OPTIONAL,
@@ -47,6 +49,7 @@ from lab.platform import (
 )
 
 log = logging.getLogger("lab.kubevirt")
+SCHEDULABLE_LABEL = "kubevirt.io/schedulable"
 
 
 @dataclass
@@ -133,7 +136,7 @@ class KubeVirtPlatform:
     def _capabilities_for(kube: Kube, namespace: str, facts: ClusterFacts) -> frozenset[Capability]:
         caps = {Capability.BOOT, Capability.HA_RESTART}
         kube.conn.limiter.acquire()
-        nodes = [n for n in kube.core.list_node().items if not (n.spec and n.spec.unschedulable)]
+        nodes = schedulable_nodes(kube.core.list_node().items, {})
         if len(nodes) >= 2:
             caps.add(Capability.LIVE_MIGRATION)
             policies_ok = not check_permissions(kube, namespace, OPTIONAL[Capability.POST_COPY])
@@ -181,17 +184,10 @@ class KubeVirtPlatform:
         return self.conn.redactor.redact(text)
 
     def nodes(self) -> Sequence[str]:
+        """Nodes VMs can run on: schedulable, untainted (NoSchedule/NoExecute) and, when the
+        cluster labels any node ``kubevirt.io/schedulable``, labelled ``true`` (virt-handler runs)."""
         self.kube.conn.limiter.acquire()
-        out = []
-        for node in self.kube.core.list_node().items:
-            if node.spec and node.spec.unschedulable:
-                continue
-            node_name = str(node.metadata.name if node.metadata else "")
-            out.append(node_name)
-            for addr in (node.status.addresses or []) if node.status else []:
-                if addr.type == "InternalIP":
-                    self._node_ips[node_name] = str(addr.address)
-        return sorted(out)
+        return schedulable_nodes(self.kube.core.list_node().items, self._node_ips)
 
     def node_address(self, node: str) -> str:
         if self.config.node_address:
@@ -216,6 +212,17 @@ class KubeVirtPlatform:
     def register_image(self, name: str, image: ImageConfig) -> None:
         """Make ``name`` usable as ``VMSpec.image`` (e.g. a DataVolume a V2V import made)."""
         self.config = replace(self.config, images={**self.config.images, name: image})
+
+    def import_disk(self, disk: Path, name: str, *, advertise: str, user: str = "root",
+                    access: GuestAccess | None = None, size: str = "2Gi", timeout: float = 900.0) -> str:
+        """V2V: serve ``disk`` over HTTP (at ``advertise``, an address the cluster reaches), import
+        it into a DataVolume through CDI, and register it as an image; returns the image name."""
+        from lab.kubevirt.importer import import_disk
+
+        import_disk(self, disk, name, advertise=advertise, size=size, timeout=timeout)
+        self.register_image(name, ImageConfig(DiskSource(data_volume=name), user=user,
+                                              cloud_init=access is None, access=access))
+        return name
 
     def keys(self) -> RunKeys:
         with self._lock:
@@ -254,6 +261,10 @@ class KubeVirtPlatform:
             self.kube.create(VM, body, self.namespace)
         except ApiException as exc:
             self.recorder.forget(spec.name)
+            try:  # do not leave the Service behind when the VM was refused
+                self.kube.core.delete_namespaced_service(service["metadata"]["name"], self.namespace)
+            except ApiException:
+                pass
             raise PlatformError(f"creating VM {spec.name}: {self._api_error(exc)}") from None
         ports = {p.name: int(p.node_port or 0) for p in ((svc.spec.ports or []) if svc.spec else [])}
         vm = KubeVirtVM(spec, timeline, record, self, ports.get("ssh", 0), ports.get("http", 0))
@@ -310,8 +321,20 @@ class KubeVirtPlatform:
     def latency_quantiles(self) -> list[Quantiles]:
         """kube-burner vmiLatency quantiles (ms) over every VM this platform tracked."""
         with self.recorder.cond:
-            per_vm = [dict(r.latencies_ms) for r in self.recorder.vms.values()]
+            per_vm = [r.latencies_ms() for r in self.recorder.vms.values()]
         return summarize_all(per_vm)
+
+    def record_latencies(self, record: Callable[..., object]) -> int:
+        """Record each VM's kube-burner vmiLatency phases as samples ``vmi_latency.<Phase>_ms``
+        (``record`` is the suites' ``record(metric, value, unit, **labels)``); returns how many."""
+        with self.recorder.cond:
+            per_vm = {name: r.latencies_ms() for name, r in self.recorder.vms.items()}
+        count = 0
+        for vm, phases in per_vm.items():
+            for phase, value in phases.items():
+                record(f"vmi_latency.{phase}_ms", value, "ms", vm=vm, time_source="platform")
+                count += 1
+        return count
 
     # migration --------------------------------------------------------------------------
     def next_migration_name(self, vm: str) -> str:
@@ -329,6 +352,25 @@ class KubeVirtPlatform:
 
     def cancel_migration(self, name: str) -> None:
         migration.cancel(self, name)
+
+
+def schedulable_nodes(items: Sequence[Any], addresses: dict[str, str]) -> list[str]:
+    """Names of the nodes KubeVirt can place VMs on; fills ``addresses`` with their InternalIPs."""
+    labelled = any(((n.metadata and n.metadata.labels) or {}).get(SCHEDULABLE_LABEL) for n in items)
+    out = []
+    for node in items:
+        name = str(node.metadata.name if node.metadata else "")
+        for addr in (node.status.addresses or []) if node.status else []:
+            if addr.type == "InternalIP":
+                addresses[name] = str(addr.address)
+        if node.spec and node.spec.unschedulable:
+            continue
+        if any(t.effect in ("NoSchedule", "NoExecute") for t in (node.spec.taints or []) if node.spec):
+            continue
+        if labelled and (node.metadata.labels or {}).get(SCHEDULABLE_LABEL) != "true":
+            continue
+        out.append(name)
+    return sorted(out)
 
 
 def ensure_namespace(kube: Kube, name: str, run_id: str, given: bool) -> bool:

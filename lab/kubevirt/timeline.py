@@ -53,11 +53,20 @@ class VMRecord:
     phase: str = ""
     node: str = ""
     printable_status: str = ""
-    latencies_ms: dict[str, float] = field(default_factory=dict)
+    phase_ts: dict[str, float] = field(default_factory=dict)  # kube-burner quantileName -> epoch s
     observed: dict[str, float] = field(default_factory=dict)
     migration_state: dict[str, Any] = field(default_factory=dict)
     failure: str = ""
     vmi_deleted: bool = False
+
+    def latencies_ms(self) -> dict[str, float]:
+        """kube-burner phase -> ms since the VM's creationTimestamp (the VMI's for a bare VMI).
+
+        Computed when asked: the VM and VMI informers deliver in any order."""
+        base = self.vm_created if self.vm_created is not None else self.vmi_created
+        if base is None:
+            return {}
+        return {name: round((ts - base) * 1000.0, 3) for name, ts in self.phase_ts.items()}
 
 
 class Recorder:
@@ -144,9 +153,7 @@ class Recorder:
             record.migration_state = state
 
     def _latency(self, record: VMRecord, name: str, ts: float) -> None:
-        base = record.vm_created if record.vm_created is not None else record.vmi_created
-        if base is not None and name not in record.latencies_ms:
-            record.latencies_ms[name] = round((ts - base) * 1000.0, 3)
+        record.phase_ts.setdefault(name, ts)
 
     def on_vm(self, kind: str, obj: Obj, received: float) -> None:
         start = time.perf_counter()
@@ -157,7 +164,6 @@ class Recorder:
                 created = parse_time(meta.get("creationTimestamp"))
                 if created is not None and record.vm_created is None:
                     record.vm_created = created
-                    record.latencies_ms = {}
                     self._add(record, "vm_created", created, received)
                 printable = str(status.get("printableStatus") or "")
                 if printable and printable != record.printable_status:

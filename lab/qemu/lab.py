@@ -115,6 +115,9 @@ class QemuLabHandle:
                     "accel_reason": choice.reason,
                     "machine": self.spec.machine,
                     "tb_size_mib": str(self.spec.tb_size_mib),
+                    # The image resolved now is the one every VM of this lab uses (and whose host
+                    # key is pinned), even if the image is rebuilt while the lab is up.
+                    f"image:{self.guest.image}": str(image.directory),
                 },
             )
             state.save()  # recorded before anything is created, so a crash is still cleanable

@@ -116,12 +116,12 @@ class QemuPlatform:
         return [n.name for n in self.state.nodes]
 
     def guest_access(self, image: str) -> GuestAccess:
-        built = self.store.get(image)
+        built = self._image(image)
         return GuestAccess(built.user, client_key_path(self.state), built.host_key)
 
     def create_vm(self, spec: VMSpec) -> QemuVM:
         node = self.state.node(spec.node) if spec.node else self.state.node(self._least_loaded_node())
-        image = self.store.get(spec.image)
+        image = self._image(spec.image)
         directory = self.state.directory / "vms" / spec.name
         try:
             directory.mkdir(parents=True)
@@ -146,7 +146,7 @@ class QemuPlatform:
         append = ""
         if image.kernel is not None:
             key_b64 = base64.b64encode(key_line.encode()).decode()
-            append = f"console=ttyS0 quiet panic=-1 vp.name={spec.name} vp.key={key_b64} {guest_net}"
+            append = f"console=ttyS0 quiet panic=-1 no_timer_check vp.name={spec.name} vp.key={key_b64} {guest_net}"
         cfg = QemuConfig(
             guest_name=f"vp-{self.state.lab_id}-{spec.name}",
             directory=directory,
@@ -219,6 +219,13 @@ class QemuPlatform:
             self._loop = None
 
     # --- internals ------------------------------------------------------------------------
+
+    def _image(self, name: str) -> GuestImage:
+        """The image pinned when the lab came up, else the store's current one."""
+        pinned = self.state.extra.get(f"image:{name}")
+        if pinned and (Path(pinned) / "image.json").exists():
+            return GuestImage.load(Path(pinned))
+        return self.store.get(name)
 
     def _nic(self, spec: VMSpec, node: NodeState) -> tuple[UserNic | TapNic, str, Endpoint, Endpoint]:
         """(NIC, guest network kernel parameters, SSH endpoint, HTTP endpoint) for ``spec.network``."""

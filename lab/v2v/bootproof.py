@@ -29,12 +29,15 @@ MILESTONES = {
     "kernel": re.compile(r"Linux version \S+"),
     "root_mounted": re.compile(
         r"EXT4-fs \(\w+\): mounted filesystem|XFS \(\w+\): Ending clean mount|virtproof: root \S+ mounted"
-        r"|VFS: Mounted root|Reached target.*Local File Systems"),
+        r"|VFS: Mounted root|Reached target.*Local File Systems"
+    ),
     "login_prompt": re.compile(r"\S+ login: ?$|virtproof: ready", re.M),
 }
 FAILURES = re.compile(
     r"ALERT! .* does not exist|Gave up waiting for root|Kernel panic|Dropping to a shell"
-    r"|virtproof: root device \S+ not found|You are in emergency mode|Unable to mount root|No init found")
+    r"|virtproof: root device \S+ not found|You are in emergency mode|Unable to mount root|No init found"
+    r"|Loading \S+\.\.\. failed|No bootable device|Boot failed: could not read the boot disk"
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,9 @@ def _ssh_banner(port: int) -> str | None:
 def make_overlay(disk: Path, fmt: str, overlay: Path) -> None:
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk.resolve()), "-F", fmt, str(overlay)],
-        check=True, capture_output=True, timeout=60,
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
 
 
@@ -114,21 +119,48 @@ def prepare_overlay(disk: Path, fmt: str, overlay: Path, init: InitSystem, root_
 
 
 def qemu_argv(disk: Path, fmt: str, bus: Bus, console: Path, port: int, name: str, memory_mib: int) -> list[str]:
-    disk_dev = (["-device", "virtio-blk-pci,drive=d0,bus=rp2,bootindex=1"] if bus == "virtio" else
-                ["-device", "virtio-scsi-pci,id=scsi0,bus=rp2", "-device", "scsi-hd,drive=d0,bus=scsi0.0,bootindex=1"])
+    disk_dev = (
+        ["-device", "virtio-blk-pci,drive=d0,bus=rp2,bootindex=1"]
+        if bus == "virtio"
+        else ["-device", "virtio-scsi-pci,id=scsi0,bus=rp2", "-device", "scsi-hd,drive=d0,bus=scsi0.0,bootindex=1"]
+    )
     return [
-        "qemu-system-x86_64", "-name", name, "-machine", "q35", "-accel", "tcg", "-cpu", "max",
-        "-m", str(memory_mib), "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
-        "-serial", f"file:{console}",
-        "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
-        "-device", "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2",
-        "-device", "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,slot=3",
-        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=n0,bus=rp1",
-        "-drive", f"file={disk},format={fmt},if=none,id=d0,snapshot=on",
+        "qemu-system-x86_64",
+        "-name",
+        name,
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        str(memory_mib),
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        f"file:{console}",
+        "-device",
+        "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
+        "-device",
+        "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2",
+        "-device",
+        "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,slot=3",
+        "-netdev",
+        f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device",
+        "virtio-net-pci,netdev=n0,bus=rp1",
+        "-drive",
+        f"file={disk},format={fmt},if=none,id=d0,snapshot=on",
         *disk_dev,
-        "-object", "rng-random,id=rng0,filename=/dev/urandom",
-        "-device", "virtio-rng-pci,rng=rng0,bus=rp3",
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-pci,rng=rng0,bus=rp3",
     ]
 
 
@@ -150,7 +182,7 @@ def boot_and_follow(
     console = workdir / f"{name}.console.log"
     port = _free_port()
     argv = qemu_argv(disk, fmt, bus, console, port, name, memory_mib)
-    log = open(workdir / f"{name}.qemu.log", "wb")
+    log = open(workdir / f"{name}.qemu.log", "wb")  # noqa: SIM115 - closed in the finally below
     started = time.monotonic()
     # setpriv --pdeathsig: qemu dies with the thread that started it, even if we are SIGKILLed.
     launcher = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
@@ -178,8 +210,12 @@ def boot_and_follow(
             bad = FAILURES.search(text)
             if bad and failure is None:
                 failure, failure_at = bad.group(0), now
-            if (failure is None and "kernel" in milestones and "root_mounted" not in milestones
-                    and now - milestones["kernel"] > root_wait_s):
+            if (
+                failure is None
+                and "kernel" in milestones
+                and "root_mounted" not in milestones
+                and now - milestones["kernel"] > root_wait_s
+            ):
                 failure, failure_at = f"root file system not mounted {root_wait_s:.0f} s after the kernel started", now
             if "kernel" in milestones and banner is None and now >= next_ssh:
                 banner = _ssh_banner(port)
@@ -218,11 +254,20 @@ def boot_and_follow(
     missing = tuple(p for p in expected if p not in report.checksums)
     evidence = _evidence(text)
     return BootProof(
-        milestones=milestones, failure=failure, ssh_banner=banner, probe_installed=probe_installed,
-        network=report.net_up, network_down=report.net_down, checksums_ok=ok, checksums_bad=bad_sums,
+        milestones=milestones,
+        failure=failure,
+        ssh_banner=banner,
+        probe_installed=probe_installed,
+        network=report.net_up,
+        network_down=report.net_down,
+        checksums_ok=ok,
+        checksums_bad=bad_sums,
         checksums_missing=missing if report.begun or probe_installed else (),
-        evidence=evidence, seconds=time.monotonic() - started, timed_out=timed_out,
-        console_tail="\n".join(_clean(text).splitlines()[-25:]), qemu_argv=tuple(argv),
+        evidence=evidence,
+        seconds=time.monotonic() - started,
+        timed_out=timed_out,
+        console_tail="\n".join(_clean(text).splitlines()[-25:]),
+        qemu_argv=tuple(argv),
     )
 
 

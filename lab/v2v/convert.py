@@ -44,8 +44,9 @@ def _run(argv: list[str], what: str, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def qemu_img_convert(src: Path, src_fmt: str, dst: Path, dst_fmt: str, virtual_size: int,
-                     timeout: float = 1800) -> Conversion:
+def qemu_img_convert(
+    src: Path, src_fmt: str, dst: Path, dst_fmt: str, virtual_size: int, timeout: float = 1800
+) -> Conversion:
     seconds = _run(_convert_argv(src, src_fmt, dst, dst_fmt), "qemu-img convert", timeout)
     return Conversion(dst, dst_fmt, seconds, virtual_size / MIB)
 
@@ -54,8 +55,11 @@ def bare_convert_seconds(src: Path, src_fmt: str, dst_fmt: str, scratch: Path, t
     """The yardstick: the same ``qemu-img convert`` straight to a scratch file, then removed."""
     out = scratch / f"bare.{dst_fmt}"
     try:
-        return _run(["qemu-img", "convert", "-U", "-W", "-f", src_fmt, "-O", dst_fmt, str(src), str(out)],
-                    "bare qemu-img convert", timeout)
+        return _run(
+            ["qemu-img", "convert", "-U", "-W", "-f", src_fmt, "-O", dst_fmt, str(src), str(out)],
+            "bare qemu-img convert",
+            timeout,
+        )
     finally:
         out.unlink(missing_ok=True)
 

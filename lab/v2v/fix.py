@@ -26,10 +26,27 @@ from lab.v2v.netconfig import TARGET_NIC_NAMES
 
 VIRTIO_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "sd_mod")
 TAR_EXCLUDES = [
-    "./usr/share/doc/*", "./usr/share/man/*", "./usr/share/locale/*", "./usr/share/info/*",
-    "./usr/share/zoneinfo/*", "./var/cache/*", "./var/log/*", "./home/*", "./srv/*", "./root/*",
-    "./tmp/*", "./proc/*", "./sys/*", "./dev/*", "./run/*", "./boot/vmlinu*", "./boot/initrd*",
-    "./boot/initramfs*", "./var/lib/apt/lists/*", "./usr/lib/firmware/*", "./lib/firmware/*",
+    "./usr/share/doc/*",
+    "./usr/share/man/*",
+    "./usr/share/locale/*",
+    "./usr/share/info/*",
+    "./usr/share/zoneinfo/*",
+    "./var/cache/*",
+    "./var/log/*",
+    "./home/*",
+    "./srv/*",
+    "./root/*",
+    "./tmp/*",
+    "./proc/*",
+    "./sys/*",
+    "./dev/*",
+    "./run/*",
+    "./boot/vmlinu*",
+    "./boot/initrd*",
+    "./boot/initramfs*",
+    "./var/lib/apt/lists/*",
+    "./usr/lib/firmware/*",
+    "./lib/firmware/*",
 ]
 _OLD_DISK = re.compile(r"(?<![\w/])/dev/(?:sd|hd|xvd)([a-z])(\d*)\b")
 
@@ -123,8 +140,9 @@ def _chroot_run(tree: Path, argv: list[str]) -> None:
         raise FixError(f"{' '.join(argv[:2])} in the guest chroot failed: {tail}")
 
 
-def _rebuild_initramfs(g: Any, facts: GuestFacts, bus: str, workdir: Path, applied: list[str],
-                       resolved: set[str]) -> None:
+def _rebuild_initramfs(
+    g: Any, facts: GuestFacts, bus: str, workdir: Path, applied: list[str], resolved: set[str]
+) -> None:
     kver, initrd = facts.kernel_version, facts.initramfs_path
     if not kver or not initrd:
         raise FixError("cannot rebuild the initramfs: kernel version or initramfs path unknown")
@@ -136,8 +154,12 @@ def _rebuild_initramfs(g: Any, facts: GuestFacts, bus: str, workdir: Path, appli
     archive = workdir / "initramfs-root.tar"
     g.tar_out("/", str(archive), excludes=TAR_EXCLUDES)
     try:
-        subprocess.run(["tar", "-xpf", str(archive), "-C", str(tree), "--numeric-owner"],
-                       check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            ["tar", "-xpf", str(archive), "-C", str(tree), "--numeric-owner"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
     except subprocess.CalledProcessError as exc:
         raise FixError(f"unpacking the guest's files failed: {exc.stderr.decode()[-300:]}") from None
     finally:
@@ -170,8 +192,9 @@ def _rebuild_initramfs(g: Any, facts: GuestFacts, bus: str, workdir: Path, appli
     del bus
 
 
-def apply_fixes(disk: Path, fmt: str, facts: GuestFacts, codes: set[str], bus: str, workdir: Path,
-                *, initramfs: bool = True) -> FixReport:
+def apply_fixes(
+    disk: Path, fmt: str, facts: GuestFacts, codes: set[str], bus: str, workdir: Path, *, initramfs: bool = True
+) -> FixReport:
     """Fix what ``codes`` (finding codes) call for, in place on ``disk`` (a copy)."""
     started = time.monotonic()
     applied: list[str] = []
@@ -181,8 +204,13 @@ def apply_fixes(disk: Path, fmt: str, facts: GuestFacts, codes: set[str], bus: s
         for entry in facts.fstab:
             if entry.mountpoint == "/boot" and entry.spec.startswith(("UUID=", "LABEL=", "/dev/")):
                 spec = entry.spec
-                dev = (str(g.findfs_uuid(spec[5:])) if spec.startswith("UUID=") else
-                       str(g.findfs_label(spec[6:])) if spec.startswith("LABEL=") else _appliance_device(spec))
+                dev = (
+                    str(g.findfs_uuid(spec[5:]))
+                    if spec.startswith("UUID=")
+                    else str(g.findfs_label(spec[6:]))
+                    if spec.startswith("LABEL=")
+                    else _appliance_device(spec)
+                )
                 g.mount(dev, "/boot")
         if codes & {"fstab-device-name", "bootloader-device-name"}:
             _fix_fstab_and_bootloader(g, facts, applied, resolved)

@@ -46,7 +46,10 @@ def image_facts(path: Path) -> ImageFacts:
     try:
         proc = subprocess.run(
             ["qemu-img", "info", "--output=json", "--backing-chain", "--force-share", str(path)],
-            capture_output=True, text=True, check=False, timeout=60,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
         )
     except FileNotFoundError as exc:
         raise BadSource("qemu-img is not installed (apt-get install qemu-utils)") from exc

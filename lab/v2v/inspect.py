@@ -29,8 +29,12 @@ TARGET_MODULES = {
 }
 ModuleState = Literal["builtin", "module", "missing"]
 NET_CONFIG_DIRS = (
-    "/etc/network/interfaces.d", "/etc/netplan", "/etc/systemd/network",
-    "/etc/NetworkManager/system-connections", "/etc/sysconfig/network-scripts", "/etc/udev/rules.d",
+    "/etc/network/interfaces.d",
+    "/etc/netplan",
+    "/etc/systemd/network",
+    "/etc/NetworkManager/system-connections",
+    "/etc/sysconfig/network-scripts",
+    "/etc/udev/rules.d",
 )
 AGENT_FILES = {
     "qemu-guest-agent": ("/usr/sbin/qemu-ga", "/usr/bin/qemu-ga"),
@@ -327,10 +331,16 @@ def collect_guest_facts(g: Any) -> GuestFacts | None:
     os_type = str(g.inspect_get_type(root)) if known else "linux"
     if os_type != "linux":
         return GuestFacts(
-            os_type=os_type, distro=str(g.inspect_get_distro(root)), product=str(g.inspect_get_product_name(root)),
+            os_type=os_type,
+            distro=str(g.inspect_get_distro(root)),
+            product=str(g.inspect_get_product_name(root)),
             version=f"{g.inspect_get_major_version(root)}.{g.inspect_get_minor_version(root)}",
-            hostname=str(g.inspect_get_hostname(root)), arch=str(g.inspect_get_arch(root)), root_device=root,
-            firmware=firmware, partition_table=table, boot=BootEntry("none", None, None, None, ""),
+            hostname=str(g.inspect_get_hostname(root)),
+            arch=str(g.inspect_get_arch(root)),
+            root_device=root,
+            firmware=firmware,
+            partition_table=table,
+            boot=BootEntry("none", None, None, None, ""),
             kernel_version=None,
         )
     boot = _boot_entry(g)
@@ -338,8 +348,11 @@ def collect_guest_facts(g: Any) -> GuestFacts | None:
     initrd_path, initrd_modules, initrd_error = _initramfs(g, boot, kver)
     agents = frozenset(name for name, paths in AGENT_FILES.items() if any(_exists(g, p) for p in paths))
     tool: Literal["initramfs-tools", "dracut", "none"] = (
-        "initramfs-tools" if _exists(g, "/usr/sbin/mkinitramfs") or _exists(g, "/sbin/mkinitramfs")
-        else "dracut" if _exists(g, "/usr/bin/dracut") or _exists(g, "/sbin/dracut") else "none"
+        "initramfs-tools"
+        if _exists(g, "/usr/sbin/mkinitramfs") or _exists(g, "/sbin/mkinitramfs")
+        else "dracut"
+        if _exists(g, "/usr/bin/dracut") or _exists(g, "/sbin/dracut")
+        else "none"
     )
     os_release = _read(g, "/etc/os-release") or ""
     pretty = re.search(r'^PRETTY_NAME="?([^"\n]*)', os_release, re.M)

@@ -51,8 +51,10 @@ def data_volume(shape: VmShape, namespace: str | None = None) -> dict[str, Any]:
         "apiVersion": "cdi.kubevirt.io/v1beta1",
         "kind": "DataVolume",
         "metadata": meta,
-        "spec": {"source": source,
-                 "storage": {"resources": {"requests": {"storage": _storage_request(shape.disk_bytes)}}}},
+        "spec": {
+            "source": source,
+            "storage": {"resources": {"requests": {"storage": _storage_request(shape.disk_bytes)}}},
+        },
     }
 
 

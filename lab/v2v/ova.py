@@ -23,10 +23,19 @@ NS = {
     "rasd": "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData",
     "vmw": "http://www.vmware.com/schema/ovf",
 }
-OVF = "{%s}" % NS["ovf"]
-RASD = "{%s}" % NS["rasd"]
-_UNITS = {"byte": 1, "byte * 2^10": 1024, "byte * 2^20": 1024**2, "byte * 2^30": 1024**3,
-          "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+OVF = "{{{}}}".format(NS["ovf"])
+RASD = "{{{}}}".format(NS["rasd"])
+VMW = "{{{}}}".format(NS["vmw"])
+EPASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData}"
+_UNITS = {
+    "byte": 1,
+    "byte * 2^10": 1024,
+    "byte * 2^20": 1024**2,
+    "byte * 2^30": 1024**3,
+    "KB": 1024,
+    "MB": 1024**2,
+    "GB": 1024**3,
+}
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,7 @@ def parse_ovf(text: str, where: str = "OVF") -> OvfInfo:
         raise BadSource(f"{where}: OVF has no VirtualSystem")
     name = system.get(OVF + "id") or "vm"
     os_section = system.find("ovf:OperatingSystemSection", NS)
-    os_type = os_section.get("{%s}osType" % NS["vmw"]) if os_section is not None else None
+    os_type = os_section.get(VMW + "osType") if os_section is not None else None
     cpus, memory, firmware = 1, 1024, "bios"
     controllers: dict[str, str] = {}
     disks: list[OvfDisk] = []
@@ -94,15 +103,19 @@ def parse_ovf(text: str, where: str = "OVF") -> OvfInfo:
     if hardware is None:
         raise BadSource(f"{where}: OVF has no VirtualHardwareSection")
     for config in hardware.iterfind("vmw:Config", NS):
-        if config.get("{%s}key" % NS["vmw"]) == "firmware":
-            firmware = config.get("{%s}value" % NS["vmw"], "bios")
+        if config.get(VMW + "key") == "firmware":
+            firmware = config.get(VMW + "value", "bios")
     items = list(hardware.iterfind("ovf:Item", NS)) + list(hardware.iterfind("ovf:EthernetPortItem", NS))
     for item in items:
+
         def field(tag: str, item: ET.Element = item) -> str | None:
             el = item.find(RASD + tag)
             if el is None:
-                el = item.find("{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData}" + tag)
+                el = item.find(
+                    EPASD + tag
+                )
             return el.text.strip() if el is not None and el.text else None
+
         kind = field("ResourceType")
         if kind == "3":
             cpus = int(field("VirtualQuantity") or 1)
@@ -110,12 +123,18 @@ def parse_ovf(text: str, where: str = "OVF") -> OvfInfo:
             memory = _capacity(field("VirtualQuantity") or "1024", field("AllocationUnits") or "byte * 2^20") // 1024**2
         elif kind in ("5", "6", "20"):
             sub = (field("ResourceSubType") or {"5": "ide", "6": "scsi", "20": "sata"}[kind]).lower()
-            controllers[field("InstanceID") or ""] = {"virtualscsi": "pvscsi", "vmware.sata.ahci": "sata",
-                                                       "ahci": "sata"}.get(sub, sub)
+            controllers[field("InstanceID") or ""] = {
+                "virtualscsi": "pvscsi",
+                "vmware.sata.ahci": "sata",
+                "ahci": "sata",
+            }.get(sub, sub)
         elif kind == "10":
             mac = field("Address")
-            nics.append(OvfNic((field("ResourceSubType") or "unknown").lower(), mac.lower() if mac else None,
-                               field("Connection")))
+            nics.append(
+                OvfNic(
+                    (field("ResourceSubType") or "unknown").lower(), mac.lower() if mac else None, field("Connection")
+                )
+            )
         elif kind == "17":
             ref = (field("HostResource") or "").rsplit("/", 1)[-1]
             file, cap = disks_by_id.get(ref, ("", 0))
@@ -147,7 +166,7 @@ class OvaContents:
 def open_ova(path: Path, workdir: Path) -> OvaContents:
     """Read the OVF, check the manifest, extract the disks into ``workdir``."""
     try:
-        tar = tarfile.open(path, "r:")
+        tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by the with below
     except (tarfile.TarError, OSError) as exc:
         raise BadSource(f"{path}: not an OVA (tar) archive: {exc}") from None
     with tar:
@@ -207,32 +226,57 @@ def print_source(path: Path, timeout: float = 60) -> tuple[bool, str]:
     from lab.v2v.gfs import guestfs_environment
 
     guestfs_environment()
-    proc = subprocess.run(["virt-v2v", "-i", "ova", str(path), "--print-source"],
-                          capture_output=True, text=True, check=False, timeout=timeout)
+    proc = subprocess.run(
+        ["virt-v2v", "-i", "ova", str(path), "--print-source"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
 
 def ova_findings(contents: OvaContents, print_source_ok: bool | None, print_source_text: str) -> list[Finding]:
     ovf, mf = contents.ovf, contents.manifest
-    out = [Finding("ovf-hardware", "info",
-                   f"OVF {contents.ovf_name}: {ovf.cpus} vCPU, {ovf.memory_mib} MiB, firmware {ovf.firmware}, "
-                   f"disks {', '.join(f'{d.file} on {d.controller}' for d in ovf.disks) or 'none'}, NICs "
-                   f"{', '.join(n.model + ' ' + (n.mac or '(no MAC)') for n in ovf.nics) or 'none'}")]
+    out = [
+        Finding(
+            "ovf-hardware",
+            "info",
+            f"OVF {contents.ovf_name}: {ovf.cpus} vCPU, {ovf.memory_mib} MiB, firmware {ovf.firmware}, "
+            f"disks {', '.join(f'{d.file} on {d.controller}' for d in ovf.disks) or 'none'}, NICs "
+            f"{', '.join(n.model + ' ' + (n.mac or '(no MAC)') for n in ovf.nics) or 'none'}",
+        )
+    ]
     for nic in ovf.nics:
         if nic.model != "virtio":
-            out.append(Finding("nic-model-changes", "info",
-                               f"NIC {nic.model} {nic.mac or ''} becomes virtio-net on the target"
-                               + ("; its MAC is kept in the generated VM" if nic.mac else "")))
+            out.append(
+                Finding(
+                    "nic-model-changes",
+                    "info",
+                    f"NIC {nic.model} {nic.mac or ''} becomes virtio-net on the target"
+                    + ("; its MAC is kept in the generated VM" if nic.mac else ""),
+                )
+            )
     for disk in ovf.disks:
         if disk.controller not in ("virtio",):
-            out.append(Finding("disk-controller-changes", "info",
-                               f"disk {disk.file} on {disk.controller} becomes virtio on the target"))
+            out.append(
+                Finding(
+                    "disk-controller-changes",
+                    "info",
+                    f"disk {disk.file} on {disk.controller} becomes virtio on the target",
+                )
+            )
     if mf.algorithm is None:
         out.append(Finding("ova-no-manifest", "warning", "the OVA has no manifest: its files cannot be verified"))
     if mf.mismatched or mf.missing:
-        out.append(Finding("ova-manifest-mismatch", "critical",
-                           f"manifest check failed: mismatched {list(mf.mismatched)}, missing {list(mf.missing)}",
-                           "re-export the OVA; the archive is corrupt or was altered"))
+        out.append(
+            Finding(
+                "ova-manifest-mismatch",
+                "critical",
+                f"manifest check failed: mismatched {list(mf.mismatched)}, missing {list(mf.missing)}",
+                "re-export the OVA; the archive is corrupt or was altered",
+            )
+        )
     elif mf.algorithm:
         out.append(Finding("ova-manifest-ok", "info", f"manifest {mf.algorithm} verified: {', '.join(mf.verified)}"))
     if print_source_ok is False:

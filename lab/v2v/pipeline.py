@@ -79,43 +79,74 @@ class SourceReport:
             "reasons": list(self.decision.reasons) if self.decision else [],
             "source_sha256": self.sha256_before,
             "source_unchanged": self.sha256_before == self.sha256_after,
-            "image": None if self.image is None else {
-                "format": self.image.format, "subformat": self.image.subformat,
-                "virtual_size": self.image.virtual_size, "actual_size": self.image.actual_size,
-                "backing_chain": list(self.image.backing_chain), "encrypted": self.image.encrypted,
+            "image": None
+            if self.image is None
+            else {
+                "format": self.image.format,
+                "subformat": self.image.subformat,
+                "virtual_size": self.image.virtual_size,
+                "actual_size": self.image.actual_size,
+                "backing_chain": list(self.image.backing_chain),
+                "encrypted": self.image.encrypted,
             },
-            "ovf": None if self.ovf is None else {
-                "name": self.ovf.name, "cpus": self.ovf.cpus, "memory_mib": self.ovf.memory_mib,
+            "ovf": None
+            if self.ovf is None
+            else {
+                "name": self.ovf.name,
+                "cpus": self.ovf.cpus,
+                "memory_mib": self.ovf.memory_mib,
                 "firmware": self.ovf.firmware,
-                "disks": [{"file": d.file, "capacity": d.capacity_bytes, "controller": d.controller} for d in self.ovf.disks],
+                "disks": [
+                    {"file": d.file, "capacity": d.capacity_bytes, "controller": d.controller} for d in self.ovf.disks
+                ],
                 "nics": [{"model": n.model, "mac": n.mac, "network": n.network} for n in self.ovf.nics],
             },
-            "guest": None if guest is None else {
-                "os": guest.os_type, "distro": guest.distro, "product": guest.product, "hostname": guest.hostname,
-                "kernel": guest.kernel_version, "firmware": guest.firmware, "init": guest.init_system,
-                "modules": guest.modules, "initramfs": guest.initramfs_path,
+            "guest": None
+            if guest is None
+            else {
+                "os": guest.os_type,
+                "distro": guest.distro,
+                "product": guest.product,
+                "hostname": guest.hostname,
+                "kernel": guest.kernel_version,
+                "firmware": guest.firmware,
+                "init": guest.init_system,
+                "modules": guest.modules,
+                "initramfs": guest.initramfs_path,
                 "initramfs_has": sorted(m for m in guest.initramfs_modules if m.startswith("virtio")),
                 "fstab": [e.spec + " " + e.mountpoint for e in guest.fstab],
                 "nics": [{"path": n.path, "tool": n.tool, "name": n.name, "mac": n.mac} for n in guest.nics],
-                "agents": sorted(guest.agents), "checksums": dict(guest.checksums),
+                "agents": sorted(guest.agents),
+                "checksums": dict(guest.checksums),
             },
             "findings": [f.to_dict() for f in self.findings],
             "fixes": list(self.fix.applied) if self.fix else [],
             "fix_error": self.fix_error,
             "output": str(self.output) if self.output else None,
             "manifest": str(self.manifest) if self.manifest else None,
-            "boot": None if boot is None else {
-                "booted": boot.booted, "reachable": boot.reachable, "failure": boot.failure,
-                "milestones_s": boot.milestones, "ssh_banner": boot.ssh_banner, "network": boot.network,
-                "network_down": boot.network_down, "probe": boot.probe_installed,
-                "checksums_ok": list(boot.checksums_ok), "checksums_bad": list(boot.checksums_bad),
-                "checksums_missing": list(boot.checksums_missing), "evidence": list(boot.evidence),
-                "timed_out": boot.timed_out, "console_tail": boot.console_tail,
+            "boot": None
+            if boot is None
+            else {
+                "booted": boot.booted,
+                "reachable": boot.reachable,
+                "failure": boot.failure,
+                "milestones_s": boot.milestones,
+                "ssh_banner": boot.ssh_banner,
+                "network": boot.network,
+                "network_down": boot.network_down,
+                "probe": boot.probe_installed,
+                "checksums_ok": list(boot.checksums_ok),
+                "checksums_bad": list(boot.checksums_bad),
+                "checksums_missing": list(boot.checksums_missing),
+                "evidence": list(boot.evidence),
+                "timed_out": boot.timed_out,
+                "console_tail": boot.console_tail,
             },
             "timings_s": self.timings,
             "convert_mib_s": self.conversion.mib_per_s if self.conversion else None,
-            "bare_convert_mib_s": (self.conversion.virtual_mib / self.bare_convert_s
-                                   if self.conversion and self.bare_convert_s else None),
+            "bare_convert_mib_s": (
+                self.conversion.virtual_mib / self.bare_convert_s if self.conversion and self.bare_convert_s else None
+            ),
         }
 
 
@@ -147,8 +178,9 @@ def precheck(path: Path) -> Literal["disk", "ova"]:
 Progress = Callable[[str], None]
 
 
-def validate_source(path: Path, workdir: Path, options: Options, schemas: SchemaSet | None,
-                    progress: Progress = lambda _: None) -> SourceReport:
+def validate_source(
+    path: Path, workdir: Path, options: Options, schemas: SchemaSet | None, progress: Progress = lambda _: None
+) -> SourceReport:
     kind = precheck(path)
     name = k8s_name(path.name.rsplit(".", 1)[0])
     report = SourceReport(path, name, kind)
@@ -203,9 +235,11 @@ def validate_source(path: Path, workdir: Path, options: Options, schemas: Schema
                 shutil.move(str(converted), output)
                 report.timings["virt_v2v"] = report.v2v_s
                 report.fix = apply_fixes(output, "qcow2", guest, codes, options.bus, workdir, initramfs=False)
-                report.fix = FixReport(report.fix.applied + ("virt-v2v: virtio drivers installed",),
-                                       report.fix.resolved | {c for c in codes if c.startswith("initramfs-missing-")},
-                                       report.fix.seconds + report.v2v_s)
+                report.fix = FixReport(
+                    report.fix.applied + ("virt-v2v: virtio drivers installed",),
+                    report.fix.resolved | {c for c in codes if c.startswith("initramfs-missing-")},
+                    report.fix.seconds + report.v2v_s,
+                )
             else:
                 report.fix = apply_fixes(output, "qcow2", guest, codes, options.bus, workdir)
             report.timings["fix"] = report.fix.seconds
@@ -214,19 +248,37 @@ def validate_source(path: Path, workdir: Path, options: Options, schemas: Schema
     # --- kubevirt manifests ---------------------------------------------------------
     if options.target == "kubevirt" and schemas is not None:
         mac = next((n.mac for n in report.ovf.nics if n.mac), None) if report.ovf and options.keep_mac else None
-        shape = VmShape(name=name, cpus=report.ovf.cpus if report.ovf else 1,
-                        memory_mib=report.ovf.memory_mib if report.ovf else options.memory_mib,
-                        firmware=guest.firmware, disk_bytes=image.virtual_size, bus=options.bus, mac=mac)
+        shape = VmShape(
+            name=name,
+            cpus=report.ovf.cpus if report.ovf else 1,
+            memory_mib=report.ovf.memory_mib if report.ovf else options.memory_mib,
+            firmware=guest.firmware,
+            disk_bytes=image.virtual_size,
+            bus=options.bus,
+            mac=mac,
+        )
         target_dir = options.fix_dir or options.manifest_dir or workdir
+        target_dir.mkdir(parents=True, exist_ok=True)
         report.manifest = write_manifests(build_manifests(shape, schemas), target_dir / f"{name}.kubevirt.yaml")
     # --- boot proof -----------------------------------------------------------------
     progress(f"{name}: booting")
     overlay = workdir / f"{name}.probe.qcow2"
-    probe = prepare_overlay(output, "qcow2", overlay, guest.init_system, guest.root_device,
-                            [p for p, _ in guest.checksums])
-    report.boot = boot_and_follow(overlay, "qcow2", workdir, name=f"vp-v2v-{workdir.name}-{name}"[:60],
-                                  bus=options.bus, expected=dict(guest.checksums), probe_installed=probe,
-                                  timeout_s=options.boot_timeout_s, memory_mib=options.memory_mib)
+    t0 = time.monotonic()
+    probe = prepare_overlay(
+        output, "qcow2", overlay, guest.init_system, guest.root_device, [p for p, _ in guest.checksums]
+    )
+    report.timings["probe_setup"] = time.monotonic() - t0
+    report.boot = boot_and_follow(
+        overlay,
+        "qcow2",
+        workdir,
+        name=f"vp-v2v-{workdir.name}-{name}"[:60],
+        bus=options.bus,
+        expected=dict(guest.checksums),
+        probe_installed=probe,
+        timeout_s=options.boot_timeout_s,
+        memory_mib=options.memory_mib,
+    )
     report.timings["boot"] = report.boot.seconds
     overlay.unlink(missing_ok=True)
     if not options.fix_dir:

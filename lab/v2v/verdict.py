@@ -61,7 +61,10 @@ def decide(
         verdict = "needs-fixes"
         reasons.extend(f"{f.code}: {f.fix or f.message}" for f in open_critical)
     if verdict == "ready":
-        reasons.append("boots on virtio" + (", network up" if boot.network else "")
-                       + (", sshd answers" if boot.ssh_banner else "")
-                       + (f", {len(boot.checksums_ok)} files verified" if boot.checksums_ok else ""))
+        reasons.append(
+            "boots on virtio"
+            + (", network up" if boot.network else "")
+            + (", sshd answers" if boot.ssh_banner else "")
+            + (f", {len(boot.checksums_ok)} files verified" if boot.checksums_ok else "")
+        )
     return Decision(verdict, tuple(reasons))

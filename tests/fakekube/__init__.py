@@ -35,7 +35,8 @@ def shared_dir() -> Path | None:
 class FakeCluster:
     def __init__(self, nodes: int = 2, runner: GuestRunner | None = None, step_s: float = 0.02,
                  cdi: bool = True, allow_postcopy: bool = False, use_emulation: bool = True,
-                 download_dir: Path | None = None, kubevirt_available: bool = True) -> None:
+                 download_dir: Path | None = None, kubevirt_available: bool = True,
+                 node_names: list[str] | None = None, controllers: bool = True) -> None:
         shared = shared_dir()
         if shared is None:
             raise FileNotFoundError(f"{SHARED}: KubeVirt schemas not found")
@@ -46,9 +47,11 @@ class FakeCluster:
         self.proxy = NodePortProxy()
         self.runner: GuestRunner = runner or NoGuest()
         self.controller = Controller(self.store, self.runner, self.proxy, step_s, download_dir)
+        if not controllers:  # an API server only: objects stay as written (the watch benchmark)
+            self.store.listeners.clear()
         self.api.port_allocator = self.proxy.allocate
         self.api.on_evict = self.controller.evict
-        self.node_names = [f"node-{i}" for i in range(1, nodes + 1)]
+        self.node_names = node_names or [f"node-{i}" for i in range(1, nodes + 1)]
         self._tmp = tempfile.TemporaryDirectory(prefix="vp-fakekube-")
         self.kubeconfig = Path(self._tmp.name) / "kubeconfig"
         self._seed(cdi, allow_postcopy, use_emulation, kubevirt_available)
@@ -57,7 +60,8 @@ class FakeCluster:
         for name in self.node_names:
             self.store.create(NODE, "", {
                 "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+                                                      "kubevirt.io/schedulable": "true"}},
                 "spec": {},
                 "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
                                          {"type": "Hostname", "address": name}],

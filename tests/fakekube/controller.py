@@ -202,12 +202,12 @@ class Controller:
             self.later(self.step_s, lambda: self._schedule(ns, name))
 
     def _nodes(self) -> list[str]:
-        return [n["metadata"]["name"] for n in self.store.list(NODE, None)[0]
+        return [n["metadata"]["name"] for n in self.store.peek(NODE, None)
                 if not (n.get("spec") or {}).get("unschedulable")]
 
     def _pick_node(self, selector: dict[str, str], exclude: str = "") -> str | None:
         load: dict[str, int] = dict.fromkeys(self._nodes(), 0)
-        for vmi in self.store.list(VMI, None)[0]:
+        for vmi in self.store.peek(VMI, None):
             node = (vmi.get("status") or {}).get("nodeName")
             if node in load:
                 load[node] += 1
@@ -247,8 +247,9 @@ class Controller:
         image = (root.get("containerDisk") or {}).get("image") or (root.get("dataVolume") or {}).get("name", "")
         memory = ((spec["domain"].get("memory") or {}).get("guest")
                   or ((spec["domain"].get("resources") or {}).get("requests") or {}).get("memory") or "256Mi")
+        scratch = sum(_mib(str((v.get("emptyDisk") or {}).get("capacity"))) for v in volumes if "emptyDisk" in v)
         req = GuestRequest(name, ns, node, str(image), int((spec["domain"].get("cpu") or {}).get("cores") or 1),
-                           _mib(str(memory)))
+                           _mib(str(memory)), scratch)
 
         def handler() -> None:
             self.runner.start(req)
@@ -456,13 +457,13 @@ class Controller:
 
     # kube-proxy -------------------------------------------------------------------------
     def _resolve_node_port(self, node_port: int) -> tuple[str, int] | None:
-        for svc in self.store.list(SVC, None)[0]:
+        for svc in self.store.peek(SVC, None):
             for port in (svc.get("spec") or {}).get("ports") or []:
                 if port.get("nodePort") != node_port:
                     continue
                 ns = svc["metadata"]["namespace"]
                 selector = [(k, "=", v) for k, v in (svc["spec"].get("selector") or {}).items()]
-                for vmi in self.store.list(VMI, ns)[0]:
+                for vmi in self.store.peek(VMI, ns):
                     if matches(selector, vmi["metadata"].get("labels") or {}):
                         return self.runner.endpoint(vmi["metadata"]["name"], int(port.get("targetPort") or 0))
         return None

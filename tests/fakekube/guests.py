@@ -21,6 +21,7 @@ class GuestRequest:
     image: str  # containerDisk image or DataVolume name
     cpus: int
     memory_mib: int
+    scratch_mib: int = 0  # an emptyDisk volume's capacity
 
 
 class MigrationCancelled(Exception):

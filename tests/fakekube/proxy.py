@@ -24,7 +24,7 @@ class NodePortProxy:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
-        sock.listen(64)
+        sock.listen(512)
         port = int(sock.getsockname()[1])
         with self._lock:
             self.listeners[port] = sock
@@ -45,20 +45,25 @@ class NodePortProxy:
                 client, _ = sock.accept()
             except OSError:
                 return
-            target = self.resolve(port)
-            if target is None:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            # connect upstream in the connection's own thread: a slow upstream (a paused source
+            # guest whose backlog is full) must not hold up the connections behind it
+            threading.Thread(target=self._forward, args=(port, client), daemon=True).start()
+
+    def _forward(self, port: int, client: socket.socket) -> None:
+        target = self.resolve(port)
+        if target is None:
+            client.close()
+            return
+        try:
+            upstream = socket.create_connection(target, timeout=2)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._conns.update((client, upstream))
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:

@@ -32,7 +32,7 @@ class QemuGuests:
         # The containerDisk names the image; the fake maps any image onto the lab's micro guest.
         self.images_seen.append(req.image)
         spec = VMSpec(name=f"{req.namespace[-20:]}-{req.vmi}"[-60:], image=self.image, cpus=req.cpus,
-                      memory_mib=req.memory_mib, node=req.node, scratch_disk_mib=0)
+                      memory_mib=req.memory_mib, node=req.node, scratch_disk_mib=req.scratch_mib)
         vm = self.platform.create_vm(spec)
         with self._lock:
             self.vms[req.vmi] = vm

@@ -292,6 +292,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if method == "DELETE" and name:
                 self._body()
                 obj = store.delete(kind.gvr, ns, name)
+                if kind.plural == "namespaces":  # the namespace controller deletes what it held
+                    for other in KINDS:
+                        if other.namespaced:
+                            for item in store.peek(other.gvr, name):
+                                store.delete(other.gvr, name, item["metadata"]["name"])
                 return self._send(200, obj)
         except NotFound:
             raise ApiError(404, "NotFound", f'{kind.plural} "{name}" not found') from None

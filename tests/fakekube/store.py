@@ -80,11 +80,11 @@ class Change:
 
 
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, history: int = HISTORY) -> None:
         self.lock = threading.RLock()
         self.rv = 1000
         self.objects: dict[tuple[str, str, str], Obj] = {}
-        self.history: deque[tuple[int, str, str, dict[str, str], bytes]] = deque(maxlen=HISTORY)
+        self.history: deque[tuple[int, str, str, dict[str, str], bytes]] = deque(maxlen=history)
         self.watchers: list[Watcher] = []
         self.listeners: list[Callable[[Change], None]] = []
 
@@ -164,6 +164,11 @@ class Store:
                      and matches(sel, (o.get("metadata") or {}).get("labels") or {})]
             return items, str(self.rv)
 
+    def peek(self, gvr: str, ns: str | None) -> list[Obj]:
+        """The stored objects themselves (no copies): for read-only scans by the fake's controllers."""
+        with self.lock:
+            return [o for (g, n, _), o in self.objects.items() if g == gvr and (ns is None or n == ns)]
+
     def watch(self, gvr: str, ns: str | None, selector: str, rv: str) -> Watcher | None:
         """Register a watcher; replay history after ``rv``. None means 410 Gone."""
         sel = parse_selector(selector)
@@ -171,8 +176,8 @@ class Store:
             w = Watcher(gvr, ns, sel)
             if rv and rv != "0":
                 since = int(rv)
-                if self.history and since < self.history[0][0] - 1 and len(self.history) == HISTORY:
-                    return None
+                if self.history and since < self.history[0][0] - 1 and len(self.history) == self.history.maxlen:
+                    return None  # 410 Gone: the client must relist
                 for ev_rv, g, n, labels, line in self.history:
                     if ev_rv > since and g == gvr and (ns is None or n == ns) and matches(sel, labels):
                         w.events.put(line)

@@ -33,13 +33,20 @@ from virtproof.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("premigrate", help="inspect, convert and boot-prove VM disks before a move",
-                              description=__doc__.splitlines()[0] if __doc__ else None)
+    p = subparsers.add_parser(
+        "premigrate",
+        help="inspect, convert and boot-prove VM disks before a move",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
     p.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="disk image or OVA")
     p.add_argument("--target", choices=("qemu", "kubevirt"), default="qemu")
     p.add_argument("--fix", type=Path, metavar="OUTDIR", help="write converted (and fixed) disks here")
-    p.add_argument("--fix-method", choices=("native", "v2v"), default="native",
-                   help="native: targeted edits and a chroot initramfs rebuild (fast); v2v: virt-v2v -o local")
+    p.add_argument(
+        "--fix-method",
+        choices=("native", "v2v"),
+        default="native",
+        help="native: targeted edits and a chroot initramfs rebuild (fast); v2v: virt-v2v -o local",
+    )
     p.add_argument("--bus", choices=("virtio", "scsi"), default="virtio", help="target disk bus")
     p.add_argument("--keep-mac", action="store_true", help="keep the OVF's MAC in the generated VM")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
@@ -64,8 +71,13 @@ def _versions() -> dict[str, str]:
 
 
 def record_samples(sink: SampleSink, report: SourceReport, target: str) -> None:
-    labels = {"source": report.name, "kind": report.kind, "target": target,
-              "format": report.image.format if report.image else "unknown", "verdict": report.verdict}
+    labels = {
+        "source": report.name,
+        "kind": report.kind,
+        "target": target,
+        "format": report.image.format if report.image else "unknown",
+        "verdict": report.verdict,
+    }
     for stage, seconds in report.timings.items():
         sink.record(f"v2v.{stage}_s", seconds, "s", **labels)
     if report.conversion:
@@ -73,8 +85,9 @@ def record_samples(sink: SampleSink, report: SourceReport, target: str) -> None:
         if report.bare_convert_s:
             bare = report.conversion.virtual_mib / report.bare_convert_s
             sink.record("v2v.bare_convert_mib_s", bare, "MiB/s", **labels)
-            sink.record("v2v.convert_vs_bare_pct", 100.0 * report.conversion.mib_per_s / bare if bare else 0, "%",
-                        **labels)
+            sink.record(
+                "v2v.convert_vs_bare_pct", 100.0 * report.conversion.mib_per_s / bare if bare else 0, "%", **labels
+            )
     if report.boot:
         for milestone, seconds in report.boot.milestones.items():
             sink.record(f"v2v.boot.{milestone}_s", seconds, "s", **labels)
@@ -132,15 +145,33 @@ def run(args: argparse.Namespace) -> int:
     if args.fix:
         args.fix.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id()
-    run_dir = RunDirectory.create(args.results, run_id, {
-        "command": "premigrate", "sources": [str(s) for s in args.sources], "target": args.target,
-        "fix": str(args.fix) if args.fix else None, "fix_method": args.fix_method, "bus": args.bus,
-        "platform": "qemu", "versions": _versions(), "host": {"cores": os.cpu_count()},
-    })
+    run_dir = RunDirectory.create(
+        args.results,
+        run_id,
+        {
+            "command": "premigrate",
+            "sources": [str(s) for s in args.sources],
+            "target": args.target,
+            "fix": str(args.fix) if args.fix else None,
+            "fix_method": args.fix_method,
+            "bus": args.bus,
+            "platform": "qemu",
+            "versions": _versions(),
+            "host": {"cores": os.cpu_count()},
+        },
+    )
     verdict_dir = run_dir.path / "v2v"
-    options = Options(target=args.target, bus=args.bus, fix_dir=args.fix.resolve() if args.fix else None,
-                      fix_method=args.fix_method, keep_mac=args.keep_mac, boot_timeout_s=args.boot_timeout,
-                      memory_mib=args.memory, measure_bare=not args.no_bare, manifest_dir=verdict_dir)
+    options = Options(
+        target=args.target,
+        bus=args.bus,
+        fix_dir=args.fix.resolve() if args.fix else None,
+        fix_method=args.fix_method,
+        keep_mac=args.keep_mac,
+        boot_timeout_s=args.boot_timeout,
+        memory_mib=args.memory,
+        measure_bare=not args.no_bare,
+        manifest_dir=verdict_dir,
+    )
     verdict_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"vp-v2v-{run_id}-"))
     jobs = args.jobs or os.cpu_count() or 1
@@ -150,8 +181,13 @@ def run(args: argparse.Namespace) -> int:
         workdir = scratch / f"s{index}"
         workdir.mkdir()
         try:
-            report = validate_source(source, workdir, options, schemas,
-                                     progress=lambda m: print(f"premigrate: {m}", file=sys.stderr, flush=True))
+            report = validate_source(
+                source,
+                workdir,
+                options,
+                schemas,
+                progress=lambda m: print(f"premigrate: {m}", file=sys.stderr, flush=True),
+            )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         record_samples(run_dir.sink, report, args.target)

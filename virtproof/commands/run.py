@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N", help="pytest-xdist workers (default: 1)")
     p.add_argument("--baseline", type=Path, help="a previous run directory to gate regressions against")
     p.add_argument("--max-regression", type=_percent, metavar="PCT", help="allowed regression, e.g. 10%%")
-    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments after --, e.g. -- -k vm0")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, pytest_args=[])
+    p.epilog = "Arguments after -- go to pytest, e.g. virtproof run S.yaml -- -k vm0 -s"
 
 
 def main(args: argparse.Namespace) -> int:
