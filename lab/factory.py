@@ -68,9 +68,10 @@ def describe(handle: LabHandle) -> Mapping[str, Any]:
 
 def leftovers_cleaners() -> list[Callable[[], list[str]]]:
     """Functions that remove what killed runs left behind, one per lab kind that leaves things."""
+    from lab.clusters.registry import leftovers_cleaner
     from lab.qemu.lab import clean_leftovers
 
-    return [clean_leftovers]
+    return [clean_leftovers, leftovers_cleaner]
 
 
 def _pointer(scenario: Scenario) -> Path:

@@ -40,6 +40,9 @@ def platform(run_dir: Path, scenario: Scenario) -> Iterator[Platform]:
     handle = open_lab(scenario, lab["lab_id"])
     attached = handle.attach()
     yield attached
+    record_latencies = getattr(attached, "record_latencies", None)
+    if callable(record_latencies):  # KubeVirt: kube-burner vmiLatency phases of every VM it saw
+        record_latencies(Recorder(SampleSink(run_dir), {"platform": attached.name, "accel": attached.accel}))
     attached.close()
 
 

@@ -68,14 +68,14 @@ def test_sequential_dirty_round_trip_and_faults(
     assert leftovers(lab_id) == []
 
 
-def test_parallel_capped_precopy_under_http_load(
+def test_capped_precopy_under_http_load(
     tmp_path: Path, virtproof_cmd: list[str], project_root: Path, micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:  # fmt: skip
     scenario = tmp_path / "par.yaml"
     scenario.write_text(
-        "name: migration-parallel\nlab: {kind: qemu, nodes: 2}\nguest: {memory: 192Mi}\n"
-        "suites:\n  migration:\n    count: 2\n    concurrency: 2\n    pattern: parallel\n    probe: tcp\n"
+        "name: migration-http\nlab: {kind: qemu, nodes: 2}\nguest: {memory: 192Mi}\n"
+        "suites:\n  migration:\n    count: 2\n    pattern: sequential\n    probe: tcp\n"
         "    workload: {kind: http, users: 2, rate: 10}\n"
         "    policy: {mode: precopy, bandwidth_mibps: 64, downtime_limit_ms: 100, timeout_s: 120}\n"
     )
@@ -84,7 +84,7 @@ def test_parallel_capped_precopy_under_http_load(
         rows = df[df["metric"] == metric]
         assert len(rows) == 4, (metric, rows)
         assert set(rows["label.policy"]) == {"precopy-bw64-dt100"} and set(rows["label.mode"]) == {"precopy"}
-        assert set(rows["label.workload"]) == {"http-2u-10rps"} and set(rows["label.pattern"]) == {"parallel"}
+        assert set(rows["label.workload"]) == {"http-2u-10rps"} and set(rows["label.pattern"]) == {"sequential"}
     assert "migration.http_p99_ms" in set(df["metric"])
     requests = df[df["metric"] == "migration.http_failures"]["labels"].map(lambda labels: int(labels["requests"]))
     assert (requests > 0).all(), "locust made no request during a move"

@@ -190,6 +190,9 @@ def _ignoring_signals() -> Iterator[None]:
 
 def _lab_facts(platform: Platform) -> dict[str, object]:
     facts: dict[str, object] = {"nodes": list(platform.nodes()), "accel": platform.accel}
+    versions = getattr(platform, "versions", None)
+    if callable(versions):  # KubeVirt: Kubernetes, KubeVirt and CDI versions from the cluster
+        facts["versions"] = versions()
     state = getattr(platform, "state", None)
     if state is not None:
         facts["network"] = getattr(state, "network", None)

@@ -89,9 +89,13 @@ def status(args: argparse.Namespace) -> int:
 
 
 def clean(args: argparse.Namespace) -> int:
-    if args.scenario is not None:
-        _load(args.scenario)  # validated for a clear error; cleaning covers every kind's leftovers
     removed: list[str] = []
+    if args.scenario is not None:
+        loaded = _load(args.scenario)
+        handle = open_lab(loaded.scenario, f"clean-{new_run_id()}")
+        clean_scenario = getattr(handle, "clean_leftovers", None)
+        if callable(clean_scenario):  # a cluster lab: labelled objects of dead runs in its cluster
+            removed += clean_scenario()
     for cleaner in leftovers_cleaners():
         removed += cleaner()
     for line in removed:
