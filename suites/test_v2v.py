@@ -38,8 +38,11 @@ def _sources(config: pytest.Config) -> list[V2VSource]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "source_index" in metafunc.fixturenames:
-        sources = _sources(metafunc.config)
+    sources = _sources(metafunc.config)
+    if "fix_index" in metafunc.fixturenames:
+        fixed = [i for i, s in enumerate(sources) if s.fix]
+        metafunc.parametrize("fix_index", fixed, ids=[f"{i}-{sources[i].label}" for i in fixed])
+    elif "source_index" in metafunc.fixturenames:
         metafunc.parametrize("source_index", range(len(sources)), ids=[f"{i}-{s.label}" for i, s in enumerate(sources)])
 
 
@@ -123,10 +126,8 @@ def test_verdict(outcomes: list[Outcome], source_index: int) -> None:
         assert report.verdict == outcome.source.expect, _evidence(report)
 
 
-def test_fix(outcomes: list[Outcome], source_index: int) -> None:
-    outcome = outcomes[source_index]
-    if not outcome.source.fix:
-        pytest.skip("no fix asked for this source")
+def test_fix(outcomes: list[Outcome], fix_index: int) -> None:
+    outcome = outcomes[fix_index]
     assert outcome.fixed is not None
     assert outcome.fixed.verdict == outcome.source.expect_fixed, _evidence(outcome.fixed)
     assert outcome.fixed.fix is not None and outcome.fixed.fix.applied

@@ -87,8 +87,8 @@ def test_prober_process_sees_an_outage(server: _Server, tmp_path: Path) -> None:
     try:
         assert prober.wait_answering(15), out.read_text() if out.exists() else "no log"
         time.sleep(0.3)
+        server.stop()  # shutdown() returns once the server stopped answering (it polls every 0.5 s)
         down = time.time()
-        server.stop()
         time.sleep(0.6)
         server.start()
         up = time.time()
@@ -139,8 +139,8 @@ def test_locust_counts_failures_in_a_window(server: _Server, tmp_path: Path) -> 
     with LocustRun(spec, tmp_path / "locust") as run:
         run.wait_started(60)
         time.sleep(0.5)
-        down = time.time()
         server.stop()
+        down = time.time()
         time.sleep(0.5)
         up = time.time()
         server.start()

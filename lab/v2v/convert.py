@@ -39,8 +39,9 @@ def _run(argv: list[str], what: str, timeout: float) -> float:
     started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["(no output)"]
-        raise ConversionError(f"{what} failed: {tail[0]}")
+        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["(no output)"]
+        errors = [line.strip() for line in lines if "error:" in line] or lines[-1:]
+        raise ConversionError(f"{what} failed: {errors[0]}")
     return time.monotonic() - started
 
 

@@ -290,4 +290,9 @@ def validate_source(
 def _finish(report: SourceReport, boot: BootProof | None, path: Path) -> None:
     report.sha256_after = sha256_file(path)
     resolved = report.fix.resolved if report.fix else frozenset()
-    report.decision = decide(report.findings, boot, resolved, report.sha256_before == report.sha256_after)
+    decision = decide(report.findings, boot, resolved, report.sha256_before == report.sha256_after)
+    if report.fix_error:
+        decision = Decision(
+            decision.verdict, (f"fix failed: {report.fix_error}", *decision.reasons), decision.unsupported
+        )
+    report.decision = decision
