@@ -210,6 +210,8 @@ def _run_pytest(run_dir: Path, paths: list[Path], options: RunOptions) -> int:
         "virtproof.pytest_plugin",
         "-p",
         "no:cacheprovider",
+        "-p",
+        "no:locust",
         "-o",
         "addopts=",
         "-v",
