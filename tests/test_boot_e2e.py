@@ -47,6 +47,18 @@ def _only_run(results: Path) -> Path:
     return runs[0]
 
 
+def _run(cmd: list[str], scenario: Path, results: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``virtproof run SCENARIO --results RESULTS`` as a user runs it."""
+    return subprocess.run(
+        [*cmd, "run", str(scenario), "--results", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=cwd,
+    )
+
+
 def _needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
@@ -61,14 +73,7 @@ def test_quickstart_runs_end_to_end(
 ) -> None:
     _needs_root()
     results = tmp_path / "results"
-    proc = subprocess.run(
-        [*virtproof_cmd, "run", str(project_root / "scenarios/quickstart.yaml"), "--results", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=project_root,
-    )
+    proc = _run(virtproof_cmd, project_root / "scenarios/quickstart.yaml", results, project_root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     run_dir = _only_run(results)
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
@@ -100,20 +105,7 @@ def test_loopback_nodes_work_without_namespaces(
     leftovers: Callable[[str], list[str]],
 ) -> None:
     results = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            *virtproof_cmd,
-            "run",
-            str(_scenario(tmp_path, "loop", network="loopback", count=1)),
-            "--results",
-            str(results),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=project_root,
-    )
+    proc = _run(virtproof_cmd, _scenario(tmp_path, "loop", network="loopback", count=1), results, project_root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     run_dir = _only_run(results)
     assert read_manifest(run_dir)["lab"]["network"] == "loopback"
@@ -132,14 +124,7 @@ def test_a_guest_that_never_answers_fails_is_recorded_and_cleaned_up(
     _needs_root()
     results = tmp_path / "results"
     # 0.3 s is far less than any guest needs to boot: every VM must fail, and be removed.
-    proc = subprocess.run(
-        [*virtproof_cmd, "run", str(_scenario(tmp_path, "tooslow", count=2, timeout=0.3)), "--results", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=project_root,
-    )
+    proc = _run(virtproof_cmd, _scenario(tmp_path, "tooslow", count=2, timeout=0.3), results, project_root)
     assert proc.returncode == 1, proc.stdout[-3000:]
     run_dir = _only_run(results)
     assert read_manifest(run_dir)["status"] == "failed"
