@@ -53,3 +53,27 @@ def bench_boot(session: nox.Session) -> None:
 def bench_report(session: nox.Session) -> None:
     """10 runs, 1,000,000 samples, rendered as one comparison."""
     session.run(PY, "benchmarks/bench_report.py", *session.posargs)
+
+
+@nox.session
+def bench_migration(session: nox.Session) -> None:
+    """256 MiB guest, idle and dirtying: total, qemu downtime, guest-observed downtime, ratio."""
+    session.run(PY, "benchmarks/bench_migration.py", *session.posargs)
+
+
+@nox.session
+def bench_density(session: nox.Session) -> None:
+    """The density ramp: capacity and per-step time to SSH, overhead, harness CPU."""
+    session.run(PY, "benchmarks/bench_density.py", *session.posargs)
+
+
+@nox.session
+def bench_v2v(session: nox.Session) -> None:
+    """premigrate per source: inspect, convert (vs bare qemu-img) and boot-proof seconds."""
+    session.run(PY, "benchmarks/bench_v2v.py", *session.posargs)
+
+
+@nox.session
+def bench_kubevirt(session: nox.Session) -> None:
+    """Fake API server: per-event cost, event-to-record delay, create rate under qps/burst."""
+    session.run(PY, "benchmarks/bench_kubevirt.py", *session.posargs)
