@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import nox
 
@@ -43,37 +44,25 @@ def report(session: nox.Session) -> None:
     session.run(PY, "-m", "virtproof", "compare", *session.posargs)
 
 
-@nox.session
-def bench_boot(session: nox.Session) -> None:
-    """Bare qemu vs virtproof, median time to SSH (goal: within 5 %)."""
-    session.run(PY, "benchmarks/bench_boot.py", *session.posargs)
+BENCHMARKS = {
+    "boot": "Bare qemu vs virtproof, median time to SSH (goal: within 5 %).",
+    "migration": "256 MiB guest, idle and dirtying: total, qemu downtime, guest-observed downtime, ratio.",
+    "density": "The density ramp: capacity and per-step time to SSH, overhead, harness CPU.",
+    "v2v": "premigrate per source: inspect, convert (vs bare qemu-img) and boot-proof seconds.",
+    "kubevirt": "Fake API server: per-event cost, event-to-record delay, create rate under qps/burst.",
+    "report": "10 runs, 1,000,000 samples, rendered as one comparison.",
+}
 
 
-@nox.session
-def bench_report(session: nox.Session) -> None:
-    """10 runs, 1,000,000 samples, rendered as one comparison."""
-    session.run(PY, "benchmarks/bench_report.py", *session.posargs)
+def _benchmark(script: str) -> Callable[[nox.Session], None]:
+    def bench(session: nox.Session) -> None:
+        session.run(PY, script, *session.posargs)
+
+    return bench
 
 
-@nox.session
-def bench_migration(session: nox.Session) -> None:
-    """256 MiB guest, idle and dirtying: total, qemu downtime, guest-observed downtime, ratio."""
-    session.run(PY, "benchmarks/bench_migration.py", *session.posargs)
+for _name, _doc in BENCHMARKS.items():
+    _session = _benchmark(f"benchmarks/bench_{_name}.py")
+    _session.__doc__ = _doc
+    nox.session(name=f"bench_{_name}")(_session)
 
-
-@nox.session
-def bench_density(session: nox.Session) -> None:
-    """The density ramp: capacity and per-step time to SSH, overhead, harness CPU."""
-    session.run(PY, "benchmarks/bench_density.py", *session.posargs)
-
-
-@nox.session
-def bench_v2v(session: nox.Session) -> None:
-    """premigrate per source: inspect, convert (vs bare qemu-img) and boot-proof seconds."""
-    session.run(PY, "benchmarks/bench_v2v.py", *session.posargs)
-
-
-@nox.session
-def bench_kubevirt(session: nox.Session) -> None:
-    """Fake API server: per-event cost, event-to-record delay, create rate under qps/burst."""
-    session.run(PY, "benchmarks/bench_kubevirt.py", *session.posargs)

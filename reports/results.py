@@ -17,9 +17,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
@@ -248,6 +249,8 @@ def _iter_rows(run_dir: Path) -> Iterator[dict[str, Any]]:
 
 def load_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
     """Load one or many runs into one DataFrame: a row per sample, labels as ``label.*`` columns."""
+    import pandas as pd  # only readers need it; the sample writers in every worker do not
+
     rows: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         rows.extend(_iter_rows(Path(run_dir)))

@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from lab.guest import generate_client_key
 from lab.images.debs import PackageError
@@ -171,10 +172,10 @@ class QemuLabHandle:
         return lines
 
 
-def _read_pid(vm_dir: os.PathLike[str] | str) -> int | None:
+def _read_pid(vm_dir: Path) -> int | None:
     for name in ("qemu.pid", "qemu.pid.spawned"):
         try:
-            return int(open(os.path.join(vm_dir, name)).read().strip())
+            return int((vm_dir / name).read_text().strip())
         except (OSError, ValueError):
             continue
     return None

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reports.compare import render_comparison
 from reports.results import NotARunDirectory
 from virtproof.errors import EXIT_OK, UsageError
 
@@ -30,6 +29,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reports.compare import render_comparison  # pandas and matplotlib: only when comparing
+
     paths = [*args.runs, *([args.baseline] if args.baseline else [])]
     for path in paths:
         if not path.is_dir():

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from reports.results import new_run_id
 from scenarios.model import LoadedScenario, ScenarioError, load_scenario
 from virtproof.errors import EXIT_SIGINT, EXIT_SIGTERM, UsageError
-from virtproof.run import RunOptions, execute, for_lab
+
+if TYPE_CHECKING:
+    from virtproof.run import RunOptions
 
 
 def _percent(text: str) -> float:
@@ -38,6 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from virtproof.run import RunOptions, execute  # pytest and the lab: only when running
+
     console = Console(stderr=True, highlight=False)
     try:
         loaded = load_scenario(args.scenario)
@@ -73,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
 def _bake_off(loaded: LoadedScenario, options: RunOptions, say: Callable[[str], None]) -> int:
     """The scenario on each of its ``labs``, then one comparison of the runs."""
     from reports.compare import render_comparison
+    from virtproof.run import execute, for_lab
 
     outcomes = []
     for index, lab in enumerate(loaded.scenario.labs):
