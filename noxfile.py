@@ -20,9 +20,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff, and mypy --strict on lab/, reports/, scenarios/."""
+    """ruff, and mypy --strict on the whole virtproof package."""
     session.run(PY, "-m", "ruff", "check", ".")
-    session.run(PY, "-m", "mypy")
+    session.run(PY, "scripts/typecheck")
 
 
 @nox.session

@@ -19,12 +19,12 @@ import subprocess
 import tempfile
 import time
 
-from lab.factory import open_lab
-from lab.guest import wait_for_banner
-from lab.images.store import ImageStore
-from lab.platform import Endpoint, VMSpec
-from lab.qemu.platform import QemuPlatform, client_key_path
-from scenarios.model import parse_scenario
+from virtproof.lab.factory import open_lab
+from virtproof.lab.guest import wait_for_banner
+from virtproof.lab.images.store import ImageStore
+from virtproof.lab.platform import Endpoint, VMSpec
+from virtproof.lab.qemu.platform import QemuPlatform, client_key_path
+from virtproof.scenarios.model import parse_scenario
 
 SCENARIO = "name: bench-boot\nlab: {kind: qemu, nodes: 1, network: loopback, accel: auto}\nsuites: {boot: {}}\n"
 

@@ -20,8 +20,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from lab.density_stats import percentile
-from reports.results import Sample, read_samples
+from virtproof.instruments.quantiles import linear as percentile
+from virtproof.reports.results import Sample, read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 

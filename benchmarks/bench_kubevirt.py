@@ -28,17 +28,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # fakekube
 
-from lab.kubevirt.connect import ConnectOptions, connect
-from lab.kubevirt.informer import Informer
-from lab.kubevirt.resources import RUN_LABEL, VM_LABEL, VMI, Kube
-from lab.kubevirt.timeline import Recorder
-from lab.platform import Timeline, VMSpec
-from tests.fakekube import FakeCluster
-from tests.fakekube.controller import VMI as VMI_GVR
-from tests.fakekube.fixtures import open_platform
-from tests.fakekube.store import now_rfc3339
+from virtproof.lab.kubevirt.connect import ConnectOptions, connect
+from virtproof.lab.kubevirt.informer import Informer
+from virtproof.lab.kubevirt.resources import RUN_LABEL, VM_LABEL, VMI, Kube
+from virtproof.lab.kubevirt.timeline import Recorder
+from virtproof.lab.platform import Timeline, VMSpec
+
+from fakekube import FakeCluster
+from fakekube.controller import VMI as VMI_GVR
+from fakekube.fixtures import open_platform
+from fakekube.store import now_rfc3339
 
 SENT = "bench.virtproof.io/sent"
 
@@ -143,7 +144,7 @@ def watch_bench(conn: Any, kubeconfig: str, events: int, vmis: int, rate: float 
 
 def create_bench(cluster: FakeCluster, vms: int, concurrency: int, qps: float, burst: int) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix="vp-bench-kv-"))
-    from lab.kubevirt.connect import ConnectOptions as CO
+    from virtproof.lab.kubevirt.connect import ConnectOptions as CO
 
     p = open_platform(cluster, state, run_id="bench-create",
                       connect=CO(str(cluster.kubeconfig), qps=qps, burst=burst))
@@ -161,7 +162,7 @@ def create_bench(cluster: FakeCluster, vms: int, concurrency: int, qps: float, b
                 "requests_per_s": 2 * vms / elapsed, "qps": qps, "burst": burst, "concurrency": concurrency,
                 "quantiles": quantiles}
     finally:
-        from lab.kubevirt.cleanup import clean
+        from virtproof.lab.kubevirt.cleanup import clean
 
         clean(p.kube, "bench-create")
         p.close()

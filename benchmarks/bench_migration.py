@@ -1,7 +1,7 @@
 """Migration benchmark: a 256 MiB micro guest, idle and dirtying memory, moved between two nodes.
 
 Prints total time, platform-reported downtime (qemu ``query-migrate``) and guest-observed
-downtime (the ``lab.prober`` process, 100 Hz HTTP through the guest's stable L2 address) side
+downtime (the ``virtproof.instruments.prober`` process, 100 Hz HTTP through the guest's stable L2 address) side
 by side, and the ratio guest-observed / platform-reported. Numbers, not pass/fail.
 
     .venv/bin/python benchmarks/bench_migration.py [--moves 4] [--cases idle,dirty,dirty-postcopy,...]
@@ -20,13 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lab.guest import GuestSession, wait_for_banner
-from lab.platform import MigrationPolicy, VMSpec
-from lab.prober import ProbeLog, Prober
-from lab.qemu.lab import QemuLabHandle
-from scenarios.model import Guest, QemuLab
+from virtproof.instruments.prober import ProbeLog, Prober
+from virtproof.lab.guest import GuestSession, wait_for_banner
+from virtproof.lab.platform import MigrationPolicy, VMSpec
+from virtproof.lab.qemu.lab import QemuLabHandle
+from virtproof.scenarios.model import Guest, QemuLab
 
 CASES: dict[str, tuple[int, MigrationPolicy]] = {
     "idle": (0, MigrationPolicy()),
@@ -52,7 +50,7 @@ class Row:
 
 
 def run_case(platform: object, name: str, dirty_mib: int, policy: MigrationPolicy, moves: int, out: Path) -> Row:
-    from lab.qemu.platform import QemuPlatform
+    from virtproof.lab.qemu.platform import QemuPlatform
 
     assert isinstance(platform, QemuPlatform)
     vm = platform.create_vm(VMSpec(f"bench-{name}", memory_mib=256, node="node0", network="l2"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.results import RunDirectory
+from virtproof.reports.results import RunDirectory
 
 # metric, unit, share of samples, label kind
 METRICS = (
@@ -68,7 +68,7 @@ def generate(root: Path, runs: int, total: int) -> list[Path]:
 
 
 def render(out: Path, dirs: list[Path]) -> None:
-    from reports.compare import render_comparison
+    from virtproof.reports.compare import render_comparison
 
     start = time.perf_counter()
     html = render_comparison(dirs, out)
@@ -79,8 +79,8 @@ def render(out: Path, dirs: list[Path]) -> None:
 
 
 def finalize(run_dir: Path) -> None:
-    from reports.finalize import finalize_run
-    from scenarios.model import SLO
+    from virtproof.reports.finalize import finalize_run
+    from virtproof.scenarios.model import SLO
 
     start = time.perf_counter()
     result = finalize_run(run_dir, [SLO(metric="boot.time_to_ssh_s", stat="p95", max=60)])

@@ -21,10 +21,10 @@ from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
 
-from lab.images.fixtures.catalog import fixture_path
-from lab.v2v.convert import bare_convert_seconds, qemu_img_convert
-from lab.v2v.imagefile import image_facts
 from virtproof.cli import main
+from virtproof.premigrate.convert import bare_convert_seconds, qemu_img_convert
+from virtproof.premigrate.fixtures.catalog import fixture_path
+from virtproof.premigrate.imagefile import image_facts
 
 DEFAULT = "micro-virtio:vmdk,micro-novirtio:vhdx,debian-clean:vmdk,debian-vmware:vhdx,debian-ova:raw"
 

@@ -1,6 +1,6 @@
 """From a scenario's ``lab`` section to a lab handle, and from a run's manifest back to a platform.
 
-Every lab kind implements ``LabHandle``; ``HANDLES`` maps the scenario's ``lab.kind`` to a
+Every lab kind implements ``LabHandle``; ``HANDLES`` maps the scenario's ``virtproof.lab.kind`` to a
 constructor. A run records ``LabHandle.describe()`` in its manifest so that pytest-xdist
 workers (and later tools) can ``attach`` to the same lab.
 """
@@ -11,15 +11,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from lab.platform import Platform
-from scenarios.model import Scenario
+from virtproof.core.errors import UsageError
+from virtproof.lab.platform import Platform
+from virtproof.scenarios.model import Scenario
 
 Progress = Callable[[str], None]
 
 
 class LabHandle(Protocol):
-    kind: str
-    lab_id: str
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def lab_id(self) -> str: ...
 
     def plan(self) -> list[str]:
         """Every command and manifest ``up`` would run or apply, without running anything."""
@@ -41,24 +45,28 @@ class LabHandle(Protocol):
 
 
 def _qemu(scenario: Scenario, lab_id: str, persistent: bool) -> LabHandle:
-    from lab.qemu.lab import QemuLabHandle
+    from virtproof.lab.qemu.lab import QemuLabHandle
 
     assert scenario.lab.kind == "qemu"
     return QemuLabHandle(scenario.lab, scenario.guest, lab_id, persistent, scenario.name)
 
 
-HandleFactory = Callable[[Scenario, str, bool], LabHandle]
-HANDLES: dict[str, HandleFactory] = {"qemu": _qemu}
-from lab.clusters.registry import register as _register_kubevirt  # noqa: E402
+def _kubevirt(scenario: Scenario, lab_id: str, persistent: bool) -> LabHandle:
+    from virtproof.lab.clusters.handle import KubeVirtLabHandle
 
-_register_kubevirt(HANDLES)
+    return KubeVirtLabHandle(scenario, lab_id, persistent)
+
+
+HandleFactory = Callable[[Scenario, str, bool], LabHandle]
+# Backends are imported only when their lab kind is used (the kubernetes client is slow to import).
+HANDLES: dict[str, HandleFactory] = {"qemu": _qemu, "kind": _kubevirt, "kubeadm": _kubevirt, "existing": _kubevirt}
 
 
 def open_lab(scenario: Scenario, lab_id: str, persistent: bool = False) -> LabHandle:
     try:
         factory = HANDLES[scenario.lab.kind]
     except KeyError:
-        raise ValueError(f"lab kind {scenario.lab.kind!r} has no backend; known: {', '.join(HANDLES)}") from None
+        raise UsageError(f"lab kind {scenario.lab.kind!r} has no backend; known: {', '.join(HANDLES)}") from None
     return factory(scenario, lab_id, persistent)
 
 
@@ -68,14 +76,14 @@ def describe(handle: LabHandle) -> Mapping[str, Any]:
 
 def leftovers_cleaners() -> list[Callable[[], list[str]]]:
     """Functions that remove what killed runs left behind, one per lab kind that leaves things."""
-    from lab.clusters.registry import leftovers_cleaner
-    from lab.qemu.lab import clean_leftovers
+    from virtproof.lab.clusters.leftovers import leftovers_cleaner
+    from virtproof.lab.qemu.lab import clean_leftovers
 
     return [clean_leftovers, leftovers_cleaner]
 
 
 def _pointer(scenario: Scenario) -> Path:
-    from lab.qemu.state import state_root
+    from virtproof.core.statedir import state_root
 
     return state_root() / "up" / f"{scenario.lab.kind}-{scenario.name}"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -21,7 +20,8 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lab.platform import Endpoint, GuestAccess, GuestUnreachable
+from virtproof.core.secretfile import write_secret
+from virtproof.lab.platform import Endpoint, GuestAccess, GuestUnreachable
 
 
 class HostKeyMismatch(paramiko.SSHException):
@@ -46,11 +46,7 @@ def generate_client_key(path: Path) -> str:
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private)
-    os.chmod(path, 0o600)
+    write_secret(path, private, replace=True)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     line = public.decode() + " virtproof"
     path.with_suffix(".pub").write_text(line + "\n")

@@ -1,32 +1,29 @@
-"""The Platform seam: what every backend (qemu lab, KubeVirt) offers the suites.
+"""The Platform seam: what every backend (qemu lab, KubeVirt) offers the suites and the runner.
 
-Suites import only this module. A backend declares its capabilities; a suite that needs
-one the platform lacks is skipped with that reason (see ``require``).
+Suites and the runner reach a lab only through this module (and ``virtproof.lab.guest``, which
+logs into the guests a platform hands out). A backend declares its capabilities; a suite that
+needs one the platform lacks is skipped with that reason (``require``). Optional features are
+optional protocols below, each gated by a capability and obtained with ``feature()``, never by
+probing a backend's attributes:
+
+- ``MigratablePlatform`` (``live_migration``): ``migrate()``.
+- ``Drainable`` (``node_drain``): ``evacuate()`` a node the platform's way.
+- ``FaultInjection`` (``fault_injection``): the migration fault tests' hooks.
+- ``HostProcesses`` (``host_metrics``): the host pid behind a VM, for host metrics.
+- ``LatencyReporting`` (``platform_latencies``): per-VM phase latencies from the platform's records.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
+from virtproof.core.capabilities import Capability
+from virtproof.core.migration import MigrationMode, MigrationPolicy, policy_label
 
-class Capability(enum.StrEnum):
-    """Features a platform may or may not offer. The report's feature-parity matrix rows."""
-
-    BOOT = "boot"
-    LIVE_MIGRATION = "live_migration"
-    POST_COPY = "post_copy"
-    AUTO_CONVERGE = "auto_converge"
-    MIGRATION_BANDWIDTH_LIMIT = "migration_bandwidth_limit"
-    MIGRATION_DOWNTIME_LIMIT = "migration_downtime_limit"
-    NODE_DRAIN = "node_drain"
-    DISK_IMPORT = "disk_import"
-    CPU_HOTPLUG = "cpu_hotplug"
-    HA_RESTART = "ha_restart"
-    HOST_METRICS = "host_metrics"
+__all__ = ["Capability", "MigrationMode", "MigrationPolicy", "policy_label"]  # the vocabulary, re-exported for suites
 
 
 class CapabilityMissing(Exception):
@@ -137,6 +134,14 @@ class VM(Protocol):
 
     def console_tail(self, lines: int = 40) -> str: ...
 
+    def alive(self) -> bool:
+        """False once the platform knows the guest is gone (qemu exited, VMI failed)."""
+        ...
+
+    def diagnostics(self) -> str:
+        """What the platform can say about the VM's trouble (qemu's stderr, the VMI's conditions)."""
+        ...
+
 
 @runtime_checkable
 class Platform(Protocol):
@@ -156,6 +161,10 @@ class Platform(Protocol):
     def capabilities(self) -> frozenset[Capability]: ...
 
     def nodes(self) -> Sequence[str]: ...
+
+    def facts(self) -> Mapping[str, object]:
+        """What the run manifest records about this lab: versions, network, why this accelerator."""
+        ...
 
     def guest_access(self, image: str) -> GuestAccess: ...
 
@@ -181,19 +190,6 @@ def require(platform: Platform, *needed: Capability) -> None:
     missing = [c.value for c in needed if c not in platform.capabilities]
     if missing:
         raise CapabilityMissing(f"platform {platform.name} lacks: {', '.join(missing)}")
-
-
-MigrationMode = Literal["precopy", "auto_converge", "postcopy"]
-
-
-@dataclass(frozen=True)
-class MigrationPolicy:
-    """How a live migration should run. Fields a platform cannot honour are capability skips."""
-
-    mode: MigrationMode = "precopy"
-    bandwidth_mibps: int | None = None
-    downtime_limit_ms: int | None = None
-    timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -222,3 +218,67 @@ class MigratablePlatform(Platform, Protocol):
     def migrate(self, vm: VM, target_node: str, policy: MigrationPolicy) -> MigrationResult:
         """Move ``vm`` to ``target_node``; returns when done, failed, or cancelled on timeout."""
         ...
+
+
+@runtime_checkable
+class Drainable(Protocol):
+    """``node_drain``: empty a node the platform's way (qemu: migrate all; KubeVirt: cordon + evict)."""
+
+    def evacuate(self, node: str, timeout: float = 300.0) -> list[MigrationResult]: ...
+
+
+@runtime_checkable
+class MigrationProgress(Protocol):
+    """A live view of one migration in flight."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def transferred_bytes(self) -> int: ...
+
+
+@runtime_checkable
+class FaultInjection(Protocol):
+    """``fault_injection``: what the migration fault tests do to a move in flight."""
+
+    def migration_progress(self, vm: VM) -> MigrationProgress | None: ...
+
+    def kill_destination(self, vm: VM) -> None:
+        """Kill the process receiving ``vm``'s migration; returns once it is gone."""
+        ...
+
+    def kill_source(self, vm: VM) -> None:
+        """Kill the process running ``vm`` during its migration; returns once it is gone."""
+        ...
+
+    def set_node_link(self, node: str, up: bool) -> None: ...
+
+    def migration_leftovers(self, vm: VM) -> list[str]:
+        """Processes started to move ``vm`` that still run (none may remain after a move ended)."""
+        ...
+
+
+@runtime_checkable
+class HostProcesses(Protocol):
+    """``host_metrics``: each VM is a process on this host whose CPU and memory can be read."""
+
+    def host_pid(self, vm: VM) -> int | None: ...
+
+
+@runtime_checkable
+class LatencyReporting(Protocol):
+    """``platform_latencies``: per-VM phase latencies (ms) from the platform's own records."""
+
+    def vm_latencies(self) -> Mapping[str, Mapping[str, float]]: ...
+
+
+Feature = TypeVar("Feature")
+
+
+def feature(platform: Platform, protocol: type[Feature], capability: Capability) -> Feature:
+    """``platform`` as the optional ``protocol`` it offers under ``capability``; else CapabilityMissing."""
+    require(platform, capability)
+    if not isinstance(platform, protocol):
+        raise CapabilityMissing(f"platform {platform.name} claims {capability.value} but does not implement it")
+    return platform

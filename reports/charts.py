@@ -21,9 +21,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from reports.direction import better
-from reports.frame import LABEL_PREFIX
-from reports.stats import FloatArray, dimension_columns, select
+from virtproof.reports.direction import better
+from virtproof.reports.frame import LABEL_PREFIX
+from virtproof.reports.stats import FloatArray, dimension_columns, select
 
 CDF_POINTS = 1000
 BOOT_PHASES = ("boot.time_to_running_s", "boot.time_to_ssh_s", "boot.time_to_command_s")

@@ -1,6 +1,6 @@
 """Compare runs side by side: the vendor bake-off.
 
-Per metric: each run's p50 (and p95, n), the best run (``reports.direction`` says whether
+Per metric: each run's p50 (and p95, n), the best run (``virtproof.reports.direction`` says whether
 lower or higher wins), each run's ratio to the best (>= 1, 1 is best: worse/best for
 lower-is-better, best/worse for higher-is-better), and whether its gap to the reference is
 significant (one-sided Mann-Whitney U, p < 0.05; the reference is ``--baseline`` when given,
@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports import charts as chart_mod
-from reports.direction import Direction, better
-from reports.frame import LoadedRuns, RunInfo, load
-from reports.gates import ALPHA, fmt, significance
-from reports.parity import ParityMatrix, parity_matrix, platform_of
-from reports.render import KEY_METRICS, render_comparison_html
-from reports.stats import FloatArray, values_by_run_metric
-from reports.summary import md
+from virtproof.reports import charts as chart_mod
+from virtproof.reports.direction import Direction, better
+from virtproof.reports.frame import LoadedRuns, RunInfo, load
+from virtproof.reports.gates import ALPHA, fmt, significance
+from virtproof.reports.parity import ParityMatrix, parity_matrix, platform_of
+from virtproof.reports.render import KEY_METRICS, render_comparison_html
+from virtproof.reports.stats import FloatArray, values_by_run_metric
+from virtproof.reports.summary import md
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ def _csv(c: Comparison, path: Path) -> None:
 def render_comparison(run_dirs: Sequence[Path], out_dir: Path, baseline: Path | None = None) -> Path:
     """Write comparison.html/.md/.csv into ``out_dir``; return the HTML path.
 
-    Raises ``reports.results.NotARunDirectory`` if a directory is not a run.
+    Raises ``virtproof.reports.results.NotARunDirectory`` if a directory is not a run.
     """
     dirs = [Path(d) for d in run_dirs]
     if baseline is not None and Path(baseline).resolve() not in {d.resolve() for d in dirs}:

@@ -17,16 +17,16 @@ from typing import Any
 
 import pandas as pd
 
-from reports import charts as chart_mod
-from reports.frame import RunInfo, read_run
-from reports.gates import GateResult, evaluate_regression, evaluate_slos
-from reports.junit import write_junit
-from reports.parity import parity_matrix
-from reports.render import render_run
-from reports.results import NotARunDirectory
-from reports.stats import compute_stats, worst_samples
-from reports.summary import render_summary
-from scenarios.model import SLO
+from virtproof.reports import charts as chart_mod
+from virtproof.reports.frame import RunInfo, read_run
+from virtproof.reports.gates import GateResult, evaluate_regression, evaluate_slos
+from virtproof.reports.junit import write_junit
+from virtproof.reports.parity import parity_matrix
+from virtproof.reports.render import render_run
+from virtproof.reports.results import NotARunDirectory
+from virtproof.reports.stats import compute_stats, worst_samples
+from virtproof.reports.summary import render_summary
+from virtproof.scenarios.model import SLO
 
 log = logging.getLogger(__name__)
 

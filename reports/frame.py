@@ -1,6 +1,6 @@
 """Load runs into one column-oriented DataFrame, fast, and without losing anything readable.
 
-Same columns as ``reports.results.load_runs`` (``run_id``, ``status``, ``metric``, ``value``,
+Same columns as ``virtproof.reports.results.load_runs`` (``run_id``, ``status``, ``metric``, ``value``,
 ``unit``, ``timestamp``, ``label.<key>``) but without the per-row ``labels`` dict, with
 categorical string columns (a million samples fit in tens of MiB), and with the number of
 corrupt lines per run kept, so a report can say how many were skipped.
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
 
-from reports.results import SAMPLES, effective_status, read_manifest
+from virtproof.reports.results import SAMPLES, effective_status, read_manifest
 
 log = logging.getLogger(__name__)
 

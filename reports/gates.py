@@ -4,7 +4,7 @@
 - Ratio: ``stat(metric[labels]) / stat(ratio_to[labels])`` against ``max``/``min``.
 - An SLO whose metric (or ratio_to metric) has no samples FAILS with reason "no samples".
 - Regression: for every metric a run shares with the baseline, compare medians in the
-  metric's bad direction (``reports.direction``). It fails only when the median got worse by
+  metric's bad direction (``virtproof.reports.direction``). It fails only when the median got worse by
   more than ``max_regression`` AND a one-sided Mann-Whitney U test says the shift is
   significant (p < ``alpha``). Samples above ``MAX_TEST_SAMPLES`` per side are subsampled
   (seeded) for the test; the medians always use every sample.
@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from reports.direction import better
-from reports.stats import FloatArray, select, stat_of, unit_of, values_by_run_metric
-from scenarios.model import SLO
+from virtproof.reports.direction import better
+from virtproof.reports.stats import FloatArray, select, stat_of, unit_of, values_by_run_metric
+from virtproof.scenarios.model import SLO
 
 GateKind = Literal["absolute", "ratio", "regression"]
 ALPHA = 0.05
@@ -45,6 +45,15 @@ class GateResult:
     labels: tuple[tuple[str, str], ...] = ()
     p_value: float | None = None
     baseline: float | None = None
+    subject: str = ""  # "p95(boot.time_to_ssh_s)": what the gate measures, without its bound
+
+    def line(self) -> str:
+        """One line that says what was observed: ``ok   p95(x) = 8.7 s <= 60 s``, or why it failed."""
+        verdict = "ok  " if self.passed else "FAIL"
+        if self.kind == "regression" or not self.subject:
+            return f"{verdict} {self.name}: {self.reason}"
+        seen = f"{self.subject} = {fmt(self.observed, self.unit)} {self.bound}"
+        return f"{verdict} {seen}" if self.passed else f"{verdict} {seen}: {self.reason}"
 
 
 def parse_percent(text: str) -> float:
@@ -66,12 +75,17 @@ def fmt(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
-def _slo_name(slo: SLO) -> str:
+def _subject(slo: SLO) -> str:
     subject = f"{slo.stat}({slo.metric})"
     if slo.ratio_to:
         subject = f"{subject} / {slo.stat}({slo.ratio_to})"
     if slo.labels:
         subject += " {" + ",".join(f"{k}={v}" for k, v in sorted(slo.labels.items())) + "}"
+    return subject
+
+
+def _slo_name(slo: SLO) -> str:
+    subject = _subject(slo)
     bounds = []
     if slo.min is not None:
         bounds.append(f">= {slo.min:g}")
@@ -109,7 +123,7 @@ def evaluate_slo(df: pd.DataFrame, slo: SLO) -> GateResult:
 
     def result(passed: bool, observed: float | None, reason: str) -> GateResult:
         return GateResult(_slo_name(slo), kind, slo.metric, slo.stat, passed, observed,
-                          _bound_text(slo, unit), reason, unit, labels)
+                          _bound_text(slo, unit), reason, unit, labels, subject=_subject(slo))
 
     if values.size == 0:
         return result(False, None, "no samples")

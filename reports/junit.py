@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports.gates import GateResult
+from virtproof.reports.gates import GateResult
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lab.platform import Capability
+from virtproof.core.capabilities import Capability
 
 log = logging.getLogger(__name__)
 

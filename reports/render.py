@@ -12,15 +12,16 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import jinja2
 import pandas as pd
 
-from reports.charts import Chart
-from reports.frame import RunInfo
-from reports.gates import GateResult
-from reports.parity import ParityMatrix
+from virtproof.reports.charts import Chart
+from virtproof.reports.frame import RunInfo
+from virtproof.reports.gates import GateResult
+from virtproof.reports.parity import ParityMatrix
 
 MAX_HTML_STAT_ROWS = 400
 KEY_METRICS = (
@@ -58,7 +59,7 @@ def _pretty(value: object) -> str:
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("reports", "templates"),
+        loader=jinja2.PackageLoader("virtproof.reports", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=False,
@@ -69,10 +70,16 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _common() -> dict[str, Any]:
-    from virtproof import __version__
+def _renderer_version() -> str:
+    """The installed virtproof's version (from its distribution metadata: no import of the front door)."""
+    try:
+        return version("virtproof")
+    except PackageNotFoundError:
+        return "unknown"
 
-    return {"version": __version__, "generated": datetime.now(UTC).isoformat(timespec="seconds")}
+
+def _common() -> dict[str, Any]:
+    return {"version": _renderer_version(), "generated": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def key_numbers(stats: pd.DataFrame) -> list[dict[str, Any]]:

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from virtproof.core.processes import Owner
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -118,23 +120,6 @@ def _atomic_write_json(path: Path, payload: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunDirectory:
     """One run's directory: its manifest and its samples."""
 
@@ -157,7 +142,7 @@ class RunDirectory:
             status="running",
             start_time=datetime.now(UTC).isoformat(),
             end_time=None,
-            owner={"pid": os.getpid(), "boot_id": _boot_id(), "host": os.uname().nodename},
+            owner=Owner.current().as_dict(),
         )
         _atomic_write_json(path / MANIFEST, body)
         (path / SAMPLES).touch()
@@ -193,11 +178,8 @@ def effective_status(manifest: Mapping[str, Any]) -> RunStatus:
     status = str(manifest.get("status", "incomplete"))
     if status != "running":
         return status if status in ("passed", "failed", "incomplete") else "incomplete"  # type: ignore[return-value]
-    owner = manifest.get("owner") or {}
-    same_boot = owner.get("boot_id") == _boot_id() and owner.get("host") == os.uname().nodename
-    if same_boot and isinstance(owner.get("pid"), int) and _pid_alive(owner["pid"]):
-        return "running"
-    return "incomplete"
+    owner = Owner.from_mapping(manifest.get("owner") or {})
+    return "running" if owner is not None and owner.alive() else "incomplete"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Per-metric and per-label-set statistics, vectorised with pandas groupby.
 
-Input is a samples DataFrame as made by ``reports.results.load_runs`` or
-``reports.frame.load`` (``run_id``, ``metric``, ``value``, ``unit``, ``label.<key>``).
+Input is a samples DataFrame as made by ``virtproof.reports.results.load_runs`` or
+``virtproof.reports.frame.load`` (``run_id``, ``metric``, ``value``, ``unit``, ``label.<key>``).
 
 Each (run, metric) gets one aggregate row (``labels`` empty) over all its samples. When a
 metric has more than one *label set* it also gets a row per label set. Label sets are built
@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from reports.direction import better
-from reports.frame import LABEL_PREFIX
+from virtproof.reports.direction import better
+from virtproof.reports.frame import LABEL_PREFIX
 
 StatName = Literal["count", "mean", "p50", "p95", "p99", "min", "max"]
 STATS: tuple[StatName, ...] = ("count", "mean", "p50", "p95", "p99", "min", "max")

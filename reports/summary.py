@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from reports.frame import RunInfo
-from reports.gates import GateResult, fmt
-from reports.parity import ParityMatrix
+from virtproof.reports.frame import RunInfo
+from virtproof.reports.gates import GateResult, fmt
+from virtproof.reports.parity import ParityMatrix
 
 MAX_METRICS = 25
 

@@ -1,2 +1,4 @@
-# Load the schema first: suite modules (scenarios/density.py) subclass its SuiteRunner, and it imports them.
-from scenarios import model as model
+"""Scenario files: their schema (``model``, with each suite's section in its own module) and loader.
+
+Nothing else of virtproof is imported here but ``virtproof.core``.
+"""

@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from scenarios.model import Strict, SuiteRunner, parse_mib
+from virtproof.scenarios.base import Strict, SuiteRunner, parse_mib
 
 # What a stop condition can look at, per step. Time-to-SSH statistics cover the step's own
 # guests; a guest that never answered counts as infinitely slow.

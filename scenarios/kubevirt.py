@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from virtproof.scenarios.base import Strict
 
 # Pinned versions the kind and kubeadm labs install (operator + CR manifests from the releases).
-KUBEVIRT_VERSION = "v1.5.2"
-CDI_VERSION = "v1.61.1"
-KUBERNETES_VERSION = "1.31"
-KIND_NODE_IMAGE = "kindest/node:v1.31.6"
+KUBEVIRT_VERSION = "v1.9.0"
+CDI_VERSION = "v1.66.0"
+KUBERNETES_VERSION = "1.34"
+KIND_NODE_IMAGE = "kindest/node:v1.34.0"
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _VERSION = r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$"

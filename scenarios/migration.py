@@ -1,4 +1,4 @@
-"""The ``suites.migration`` section: which guests move how, under what load and policy.
+"""The ``virtproof.suites.migration`` section: which guests move how, under what load and policy.
 
 ```yaml
 suites:
@@ -20,8 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from lab.platform import MigrationPolicy
-from scenarios.model import Strict, SuiteRunner
+from virtproof.core.migration import MigrationPolicy, policy_label
+from virtproof.scenarios.base import Strict, SuiteRunner
 
 Pattern = Literal["sequential", "parallel", "evacuate", "round_robin"]
 PATTERN_MIN_NODES = {"sequential": 2, "parallel": 2, "evacuate": 2, "round_robin": 2}
@@ -100,16 +100,6 @@ class MigrationSuite(SuiteRunner):
                     f"migration.workload.mib {self.workload.mib} does not fit the guest's /dev/shm "
                     f"(half of {memory_mib} MiB; at most {room})"
                 )
-
-
-def policy_label(policy: MigrationPolicy) -> str:
-    """``precopy``, ``precopy-bw32-dt50``, ``postcopy``...: the ``policy`` sample label."""
-    parts: list[str] = [policy.mode]
-    if policy.bandwidth_mibps:
-        parts.append(f"bw{policy.bandwidth_mibps}")
-    if policy.downtime_limit_ms:
-        parts.append(f"dt{policy.downtime_limit_ms}")
-    return "-".join(parts)
 
 
 def workload_label(workload: IdleWorkload | DirtyWorkload | HttpWorkload) -> str:

@@ -8,48 +8,21 @@ A scenario has Rally-style sections: ``lab`` (what is under test), ``guest`` (th
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-
-class ScenarioError(ValueError):
-    """A scenario file is invalid. ``str()`` is the one-line message shown to users."""
-
-    def __init__(self, path: Path | str, line: int | None, field_path: str, message: str) -> None:
-        self.path = str(path)
-        self.line = line
-        self.field_path = field_path
-        self.message = message
-        where = f"{self.path}:{line}" if line else self.path
-        text = f"{where}: {field_path}: {message}" if field_path else f"{where}: {message}"
-        super().__init__(text)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*(Mi|MiB|M|Gi|GiB|G)?\s*$")
-
-
-def parse_mib(value: object) -> int:
-    """``256`` (MiB), ``"256Mi"``, ``"1Gi"`` -> MiB."""
-    if isinstance(value, bool):
-        raise ValueError("must be a size such as 256 or 256Mi or 1Gi")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        match = _SIZE.match(value)
-        if match:
-            number, unit = int(match.group(1)), match.group(2) or "Mi"
-            return number * 1024 if unit.startswith("G") else number
-    raise ValueError("must be a size such as 256 or 256Mi or 1Gi")
-
+from virtproof.scenarios.base import ScenarioError as ScenarioError  # the loader's error, re-exported
+from virtproof.scenarios.base import Strict, SuiteRunner
+from virtproof.scenarios.base import parse_mib as parse_mib
+from virtproof.scenarios.density import DensitySuite
+from virtproof.scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab
+from virtproof.scenarios.migration import MigrationSuite
+from virtproof.scenarios.reading import compose, read_text
+from virtproof.scenarios.v2v import V2VSuite
 
 # --- lab --------------------------------------------------------------------------------
 
@@ -64,8 +37,6 @@ class QemuLab(Strict):
     machine: Literal["q35", "pc"] = "q35"
     tb_size_mib: int = Field(64, ge=16, le=1024)
 
-
-from scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab  # noqa: E402
 
 LabSpec = Annotated[QemuLab | KindLab | KubeadmLab | ExistingLab, Field(discriminator="kind")]
 
@@ -87,29 +58,12 @@ class Guest(Strict):
 # --- suites -----------------------------------------------------------------------------
 
 
-class SuiteRunner(Strict):
-    """Rally-style runner settings every suite has."""
-
-    count: int = Field(1, ge=1, le=10_000)
-    concurrency: int = Field(1, ge=1, le=1_000)
-    timeout_s: float = Field(180.0, gt=0, le=86_400)
-
-    @model_validator(mode="after")
-    def _concurrency_not_above_count(self) -> SuiteRunner:
-        if self.concurrency > self.count:
-            raise ValueError(f"concurrency ({self.concurrency}) is more than count ({self.count})")
-        return self
-
-
 class BootSuite(SuiteRunner):
     """Boot ``count`` guests, ``concurrency`` at once; time to running, SSH and a command."""
 
     check_devices: bool = True
 
 
-from scenarios.density import DensitySuite  # noqa: E402 - it subclasses SuiteRunner (see scenarios/__init__.py)
-from scenarios.migration import MigrationSuite  # noqa: E402 - same
-from scenarios.v2v import V2VSuite  # noqa: E402 - same
 
 
 class Suites(Strict):
@@ -301,19 +255,18 @@ def _scenario_error(path: Path, lines: _LineMap, exc: ValidationError, data: obj
 
 def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
     path = Path(path)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise ScenarioError(path, line, "", f"invalid YAML: {exc.problem or exc}") from None
+    node = compose(text, path)  # refuses bombs and deep nesting before anything walks the tree
     if node is None:
         raise ScenarioError(path, None, "", "empty scenario")
     if not isinstance(node, yaml.MappingNode):
         raise ScenarioError(path, node.start_mark.line + 1, "", "a scenario must be a mapping")
     lines = _LineMap()
     lines.walk(node, (), str(path))
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)  # the text passed compose(): small, shallow, no alias bomb
+    except yaml.MarkedYAMLError as exc:  # e.g. a tag SafeLoader does not construct (!python/...)
+        mark = exc.problem_mark or exc.context_mark
+        raise ScenarioError(path, mark.line + 1 if mark else None, "", f"invalid YAML: {exc.problem or exc}") from None
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
@@ -323,11 +276,6 @@ def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
 def load_scenario(path: Path | str) -> LoadedScenario:
     """Read and validate a scenario file; raise ScenarioError with file:line: field: message."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(path, None, "", "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(path, None, "", f"cannot read: {exc}") from None
+    text = read_text(path)
     scenario = parse_scenario(text, path)
     return LoadedScenario(path, text, hashlib.sha256(text.encode()).hexdigest(), scenario)

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from scenarios.model import Strict, SuiteRunner
+from virtproof.scenarios.base import Strict, SuiteRunner
 
 Fixture = Literal[
     "micro-virtio",

@@ -1,9 +1,10 @@
-"""Fixtures every suite uses. Suites run through ``virtproof run SCENARIO``, which passes the run
-directory; from it come the scenario, the lab (attached, never created here) and the sample sink.
+"""Fixtures every suite uses, on top of ``run_dir``, ``scenario`` and ``platform`` (which
+``virtproof run`` provides through its ``virtproof.suite_session`` plugin).
 
-- ``run_dir``: the run's directory.            - ``scenario``: the validated Scenario.
-- ``platform``: the lab's Platform (session).  - ``record``: append a Sample as it happens.
-- ``guest_access``: user, key, pinned host key. - ``vm_factory``: boots VMs, removes them after.
+- ``sink``: the run's sample store.                - ``record``: append a Sample as it happens.
+- ``guest_access``: user, key, pinned host key.    - ``vm_factory``: boots VMs, removes them after.
+- ``platform_latencies`` (autouse): at the end, the platform's own per-VM phase latencies
+  (KubeVirt's vmiLatency phases), where it reports them, become samples.
 """
 
 from __future__ import annotations
@@ -14,36 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from lab.factory import open_lab
-from lab.platform import CapabilityMissing, GuestAccess, Platform, require
-from reports.results import SampleSink, read_manifest
-from scenarios.model import Scenario, load_scenario
-from suites.factory import Recorder, VMFactory
-
-
-@pytest.fixture(scope="session")
-def run_dir(pytestconfig: pytest.Config) -> Path:
-    value = pytestconfig.getoption("vp_run_dir") or os.environ.get("VIRTPROOF_RUN_DIR")
-    if not value:
-        pytest.skip("suites run through `virtproof run SCENARIO` (no --vp-run-dir given)")
-    return Path(value)
-
-
-@pytest.fixture(scope="session")
-def scenario(run_dir: Path) -> Scenario:
-    return load_scenario(run_dir / "scenario.yaml").scenario
-
-
-@pytest.fixture(scope="session")
-def platform(run_dir: Path, scenario: Scenario) -> Iterator[Platform]:
-    lab = read_manifest(run_dir)["lab"]
-    handle = open_lab(scenario, lab["lab_id"])
-    attached = handle.attach()
-    yield attached
-    record_latencies = getattr(attached, "record_latencies", None)
-    if callable(record_latencies):  # KubeVirt: kube-burner vmiLatency phases of every VM it saw
-        record_latencies(Recorder(SampleSink(run_dir), {"platform": attached.name, "accel": attached.accel}))
-    attached.close()
+from virtproof.lab.platform import (
+    Capability,
+    CapabilityMissing,
+    GuestAccess,
+    LatencyReporting,
+    Platform,
+    feature,
+    require,
+)
+from virtproof.reports.results import SampleSink
+from virtproof.scenarios.model import Scenario
+from virtproof.suites.factory import Recorder, VMFactory
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +35,6 @@ def _capabilities(request: pytest.FixtureRequest) -> None:
     names = [str(n) for mark in request.node.iter_markers("capability") for n in mark.args]
     if not names:
         return
-    from lab.platform import Capability
-
     plat: Platform = request.getfixturevalue("platform")
     try:
         require(plat, *(Capability(n) for n in names))
@@ -69,6 +50,18 @@ def sink(run_dir: Path) -> SampleSink:
 @pytest.fixture(scope="session")
 def record(sink: SampleSink, platform: Platform) -> Recorder:
     return Recorder(sink, {"platform": platform.name, "accel": platform.accel})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def platform_latencies(platform: Platform, record: Recorder) -> Iterator[None]:
+    """After the session: each VM's phase latencies as ``vmi_latency.<Phase>_ms`` samples."""
+    yield
+    if Capability.PLATFORM_LATENCIES not in platform.capabilities:
+        return
+    reporting = feature(platform, LatencyReporting, Capability.PLATFORM_LATENCIES)
+    for vm, phases in sorted(reporting.vm_latencies().items()):
+        for phase, value in phases.items():
+            record(f"vmi_latency.{phase}_ms", value, "ms", vm=vm, time_source="platform")
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lab.guest import wait_for_banner
-from lab.platform import VM, Platform, VMSpec
-from reports.results import Sample, SampleSink
-from scenarios.model import Guest
+from virtproof.lab.guest import wait_for_banner
+from virtproof.lab.platform import VM, Platform, VMSpec
+from virtproof.reports.results import Sample, SampleSink
+from virtproof.scenarios.model import Guest
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,7 @@ class VMFactory:
 
     def wait_ssh(self, vm: VM, deadline: float) -> float:
         """Epoch time the VM's SSH banner arrived; GuestUnreachable after ``deadline`` (epoch)."""
-        alive = getattr(vm, "alive", lambda: True)
-        return wait_for_banner(vm.ssh_endpoint(), max(1.0, deadline - time.time()), alive=alive)
+        return wait_for_banner(vm.ssh_endpoint(), max(1.0, deadline - time.time()), alive=vm.alive)
 
     def delete(self, vm: VM) -> None:
         with self._lock:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from lab.guest import GuestSession, HostKeyMismatch
-from lab.nodelock import node_lock
-from lab.platform import GuestAccess, GuestUnreachable, Platform, PlatformError
-from scenarios.model import BootSuite, Scenario, load_scenario
-from suites.factory import Recorder, VMFactory
+from virtproof.instruments.nodelock import node_lock
+from virtproof.lab.guest import GuestSession, HostKeyMismatch
+from virtproof.lab.platform import GuestAccess, GuestUnreachable, Platform, PlatformError
+from virtproof.scenarios.model import BootSuite, Scenario, load_scenario
+from virtproof.suites.factory import Recorder, VMFactory
 
 pytestmark = [pytest.mark.capability("boot"), pytest.mark.xdist_group("boot")]
 

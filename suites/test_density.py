@@ -7,11 +7,11 @@ records the time to SSH of its guests, the guests running, per-VM memory overhea
 memory, the harness's own CPU share, and whether every earlier guest still answers. The ramp
 stops at the first step that breaks a ``stop_when`` condition (or at ``max_vms``, or when the
 host runs short of memory: ``host_memory``) and records ``density.stop_reason`` and
-``density.capacity_vms``. See ``lab/density.py`` for every metric.
+``density.capacity_vms``. See ``suites/engines/density.py`` for every metric.
 
 **It runs alone.** Its tests are in the xdist group ``density`` (one worker, with
 ``--dist loadgroup`` as ``virtproof run --workers N`` passes), and the ramp holds the host-wide
-node lock (``lab.nodelock``, an flock on ``<state root>/node.lock``) exclusively, so no other
+node lock (``virtproof.instruments.nodelock``, an flock on ``<state root>/node.lock``) exclusively, so no other
 density ramp, run or suite that takes the lock shared shares the node with it. Do not run
 other suites' VMs on the same host during a ramp: they change what it measures.
 
@@ -25,11 +25,11 @@ import os
 
 import pytest
 
-from lab.density import DensityRamp, RampOutcome, ramp_summary
-from lab.nodelock import node_lock
-from lab.platform import GuestAccess, Platform
-from scenarios.model import Scenario
-from suites.factory import Recorder
+from virtproof.instruments.nodelock import node_lock
+from virtproof.lab.platform import GuestAccess, Platform
+from virtproof.scenarios.model import Scenario
+from virtproof.suites.engines.density import DensityRamp, RampOutcome, ramp_summary
+from virtproof.suites.factory import Recorder
 
 pytestmark = [pytest.mark.capability("boot"), pytest.mark.xdist_group("density")]
 

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.images.fixtures.catalog import fixture_path
-from lab.kubevirt_schema import SchemaSet, SchemaUnavailable, load_schemas
-from lab.v2v.pipeline import Options, SourceReport, validate_source
-from reports.results import SampleSink
-from scenarios.model import Scenario, load_scenario
-from scenarios.v2v import V2VSource, V2VSuite
-from virtproof.commands.premigrate import record_samples, write_verdict
+from virtproof.premigrate.fixtures.catalog import fixture_path
+from virtproof.premigrate.pipeline import Options, SourceReport, validate_source
+from virtproof.premigrate.record import record_samples, write_verdict
+from virtproof.reports.results import SampleSink
+from virtproof.scenarios.model import Scenario, load_scenario
+from virtproof.scenarios.v2v import V2VSource, V2VSuite
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.xdist_group("v2v")]
 
@@ -62,12 +61,6 @@ def suite(scenario: Scenario) -> V2VSuite:
 
 @pytest.fixture(scope="module")
 def outcomes(suite: V2VSuite, run_dir: Path, sink: SampleSink) -> list[Outcome]:
-    schemas: SchemaSet | None = None
-    if suite.target == "kubevirt":
-        try:
-            schemas = load_schemas()
-        except SchemaUnavailable as exc:
-            pytest.skip(str(exc))
     sources = [s for _ in range(suite.count) for s in suite.sources]
     paths = [Path(s.path) if s.path else fixture_path(str(s.fixture), s.format) for s in sources]
     verdicts = run_dir / "v2v"
@@ -89,13 +82,13 @@ def outcomes(suite: V2VSuite, run_dir: Path, sink: SampleSink) -> list[Outcome]:
         source, path = sources[index], paths[index]
         work = scratch / f"s{index}"
         work.mkdir()
-        report = validate_source(path, work, options(None), schemas)
+        report = validate_source(path, work, options(None))
         record_samples(sink, report, suite.target)
         write_verdict(report, verdicts)
         fixed = None
         if source.fix:
             (work / "fix").mkdir()
-            fixed = validate_source(path, work / "fix", options(scratch / f"out{index}"), schemas)
+            fixed = validate_source(path, work / "fix", options(scratch / f"out{index}"))
             record_samples(sink, fixed, suite.target)
             write_verdict(fixed, verdicts / "fixed")
         shutil.rmtree(work, ignore_errors=True)

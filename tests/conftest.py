@@ -1,9 +1,15 @@
-"""Fixtures shared by virtproof's own tests: the project paths, the micro image, leftover checks."""
+"""Fixtures shared by virtproof's own tests, and the skip policy.
+
+Fixtures: ``project_root``, ``virtproof_cmd``, ``virtproof_run`` (the CLI as a user runs it),
+``root`` (skips with "not root:" when not root), ``micro_image``, ``leftovers``.
+
+Skip policy: a skip whose reason is not in ``allowed_skips.ALLOWED_SKIP_REASONS`` fails the
+session (exit status 1), listed at the end of the run.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from lab.images.micro import GuestImage
-from lab.images.store import ImageStore
+from virtproof.core.statedir import default_state_root
+from virtproof.lab.images.micro import GuestImage
+from virtproof.lab.images.store import ImageStore
+
+from allowed_skips import allowed
+from cli_run import CliRun
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_KUBEVIRT = ROOT.parent / "shared" / "kubevirt"
 
 
 @pytest.fixture(scope="session")
@@ -32,16 +41,7 @@ def virtproof_cmd() -> list[str]:
 
 @pytest.fixture(scope="session")
 def micro_image() -> GuestImage:
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 is not installed")
     return ImageStore.default().get("micro")
-
-
-@pytest.fixture(scope="session")
-def shared_kubevirt() -> Path:
-    if not (SHARED_KUBEVIRT / "kubevirt-openapi.json").exists():
-        pytest.skip(f"KubeVirt schemas not found at {SHARED_KUBEVIRT}")
-    return SHARED_KUBEVIRT
 
 
 def _leftovers(marker: str) -> list[str]:
@@ -50,7 +50,7 @@ def _leftovers(marker: str) -> list[str]:
     found += [f"process: {line}" for line in ps.splitlines() if marker in line]
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     found += [f"netns: {line}" for line in ns.splitlines() if marker in line]
-    state = Path(os.environ.get("VIRTPROOF_STATE") or "/tmp/virtproof-state") / "labs"
+    state = default_state_root() / "labs"
     if state.is_dir():
         found += [f"dir: {p}" for p in state.iterdir() if marker in p.name]
     return found
@@ -62,5 +62,57 @@ def leftovers() -> Callable[[str], list[str]]:
     return _leftovers
 
 
-def needs_root() -> pytest.MarkDecorator:
-    return pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+NOT_ROOT = "not root: network namespaces, bridges and taps need root"
+
+
+@pytest.fixture
+def root() -> None:
+    """Skip (an allowed reason) unless running as root: namespaces, bridges and taps need it."""
+    if os.geteuid() != 0:
+        pytest.skip(NOT_ROOT)
+
+
+@pytest.fixture(scope="module")
+def module_root() -> None:
+    """``root`` for module-scoped fixtures (a lab brought up once per module)."""
+    if os.geteuid() != 0:
+        pytest.skip(NOT_ROOT)
+
+
+@pytest.fixture
+def virtproof_run(virtproof_cmd: list[str], project_root: Path, tmp_path: Path) -> Callable[..., CliRun]:
+    """``virtproof_run(SCENARIO, *ARGS, timeout=600)``: ``virtproof run SCENARIO --results DIR ARGS``."""
+
+    def run(scenario: Path, *args: str, results: Path | None = None, timeout: float = 600) -> CliRun:
+        out = results or tmp_path / "results"
+        proc = subprocess.run(
+            [*virtproof_cmd, "run", str(scenario), "--results", str(out), *args],
+            capture_output=True, text=True, timeout=timeout, check=False, cwd=project_root,
+        )  # fmt: skip
+        return CliRun(proc, out)
+
+    return run
+
+
+# --- the skip policy ---------------------------------------------------------------------
+
+_refused_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if not allowed(reason):
+            _refused_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _refused_skips and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _refused_skips:
+        terminalreporter.section("skips that are not allowed (tests/allowed_skips.py)", red=True)
+        for line in _refused_skips:
+            terminalreporter.write_line(line)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.results import RunDirectory, SampleSink
+from virtproof.reports.results import RunDirectory, SampleSink
 
 XSS = "<script>alert(1)</script>"
 

@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lab.images.micro import GuestImage
-from reports.results import read_manifest
+from virtproof.lab.images.micro import GuestImage
+from virtproof.reports.results import read_manifest
+
+from cli_run import CliRun
 
 pytestmark = pytest.mark.qemu
 
 
 def test_bakeoff_runs_every_lab_and_compares(
+    root: None,
     tmp_path: Path,
-    virtproof_cmd: list[str],
     project_root: Path,
+    virtproof_run: Callable[..., CliRun],
     micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
     scenario = tmp_path / "bake.yaml"
     scenario.write_text((project_root / "scenarios/bakeoff.yaml").read_text().replace("count: 3", "count: 1"))
-    results = tmp_path / "results"
-    proc = subprocess.run(
-        [*virtproof_cmd, "run", str(scenario), "--results", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        cwd=project_root,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = Path(proc.stdout.strip().splitlines()[-1])
+    run = virtproof_run(scenario, timeout=900)
+    results = run.results
+    assert run.code == 0, run.output()
+    out = Path(run.proc.stdout.strip().splitlines()[-1])
     assert out.name.startswith("comparison-") and (out / "comparison.html").exists()
     runs = sorted(p for p in results.iterdir() if p.is_dir() and not p.name.startswith("comparison-"))
     assert len(runs) == 2

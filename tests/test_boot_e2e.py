@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from lab.factory import open_lab
-from lab.guest import GuestSession, HostKeyMismatch, generate_client_key, wait_for_banner
-from lab.images.micro import GuestImage
-from lab.platform import GuestAccess, VMSpec
-from lab.qemu.lab import QemuLabHandle
-from lab.qemu.platform import QemuPlatform, QemuVM
-from reports.results import effective_status, load_runs, read_manifest
-from scenarios.model import parse_scenario
+from virtproof.lab.factory import open_lab
+from virtproof.lab.guest import GuestSession, HostKeyMismatch, generate_client_key, wait_for_banner
+from virtproof.lab.images.micro import GuestImage
+from virtproof.lab.platform import GuestAccess, VMSpec
+from virtproof.lab.qemu.lab import QemuLabHandle
+from virtproof.lab.qemu.platform import QemuPlatform, QemuVM
+from virtproof.reports.results import effective_status, load_runs, read_manifest
+from virtproof.scenarios.model import parse_scenario
+
+from cli_run import CliRun
 
 pytestmark = pytest.mark.qemu
 
@@ -41,42 +43,17 @@ def _scenario(
     return path
 
 
-def _only_run(results: Path) -> Path:
-    runs = [p for p in results.iterdir() if p.is_dir()] if results.exists() else []
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-def _run(cmd: list[str], scenario: Path, results: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``virtproof run SCENARIO --results RESULTS`` as a user runs it."""
-    return subprocess.run(
-        [*cmd, "run", str(scenario), "--results", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=cwd,
-    )
-
-
-def _needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-
-
 def test_quickstart_runs_end_to_end(
-    tmp_path: Path,
-    virtproof_cmd: list[str],
+    root: None,
     project_root: Path,
+    virtproof_run: Callable[..., CliRun],
     micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:
-    _needs_root()
-    results = tmp_path / "results"
-    proc = _run(virtproof_cmd, project_root / "scenarios/quickstart.yaml", results, project_root)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    run_dir = _only_run(results)
-    assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
+    run = virtproof_run(project_root / "scenarios/quickstart.yaml")
+    assert run.code == 0, run.output()
+    run_dir = run.run_dir()
+    assert run.proc.stdout.strip().splitlines()[-1] == str(run_dir)
     manifest = read_manifest(run_dir)
     assert manifest["status"] == "passed"
     assert manifest["scenario"]["name"] == "quickstart" and len(manifest["scenario"]["sha256"]) == 64
@@ -99,15 +76,13 @@ def test_quickstart_runs_end_to_end(
 
 def test_loopback_nodes_work_without_namespaces(
     tmp_path: Path,
-    virtproof_cmd: list[str],
-    project_root: Path,
+    virtproof_run: Callable[..., CliRun],
     micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:
-    results = tmp_path / "results"
-    proc = _run(virtproof_cmd, _scenario(tmp_path, "loop", network="loopback", count=1), results, project_root)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    run_dir = _only_run(results)
+    run = virtproof_run(_scenario(tmp_path, "loop", network="loopback", count=1))
+    assert run.code == 0, run.output()
+    run_dir = run.run_dir()
     assert read_manifest(run_dir)["lab"]["network"] == "loopback"
     ssh = load_runs([run_dir]).query("metric == 'boot.time_to_ssh_s'")
     assert len(ssh) == 1
@@ -115,20 +90,18 @@ def test_loopback_nodes_work_without_namespaces(
 
 
 def test_a_guest_that_never_answers_fails_is_recorded_and_cleaned_up(
+    root: None,
     tmp_path: Path,
-    virtproof_cmd: list[str],
-    project_root: Path,
+    virtproof_run: Callable[..., CliRun],
     micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:
-    _needs_root()
-    results = tmp_path / "results"
     # 0.3 s is far less than any guest needs to boot: every VM must fail, and be removed.
-    proc = _run(virtproof_cmd, _scenario(tmp_path, "tooslow", count=2, timeout=0.3), results, project_root)
-    assert proc.returncode == 1, proc.stdout[-3000:]
-    run_dir = _only_run(results)
+    run = virtproof_run(_scenario(tmp_path, "tooslow", count=2, timeout=0.3))
+    assert run.code == 1, run.output()
+    run_dir = run.run_dir()
     assert read_manifest(run_dir)["status"] == "failed"
-    assert "did not come up" in proc.stdout and "serial console" in proc.stdout
+    assert "did not come up" in run.proc.stdout and "serial console" in run.proc.stdout
     failed = load_runs([run_dir]).query("metric == 'boot.failed'")
     assert len(failed) == 2 and set(failed["value"]) == {1.0}
     outcomes = [json.loads(line) for line in (run_dir / "outcomes.jsonl").read_text().splitlines()]
@@ -150,7 +123,7 @@ def _start_run_and_wait_for_a_guest(
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if results.exists() and any(results.iterdir()):
-            run_dir = _only_run(results)
+            (run_dir,) = results.iterdir()
             ps = subprocess.run(
                 ["pgrep", "-f", f"guest=vp-{run_dir.name}-"], capture_output=True, text=True, check=False
             )
@@ -162,13 +135,13 @@ def _start_run_and_wait_for_a_guest(
 
 
 def test_sigterm_mid_run_tears_everything_down(
+    root: None,
     tmp_path: Path,
     virtproof_cmd: list[str],
     project_root: Path,
     micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:
-    _needs_root()
     proc, run_dir = _start_run_and_wait_for_a_guest(tmp_path, virtproof_cmd, project_root)
     assert leftovers(run_dir.name), "the run should have a qemu process and namespaces by now"
     proc.send_signal(signal.SIGTERM)
@@ -179,13 +152,13 @@ def test_sigterm_mid_run_tears_everything_down(
 
 
 def test_lab_clean_removes_what_a_killed_run_left_and_only_that(
+    root: None,
     tmp_path: Path,
     virtproof_cmd: list[str],
     project_root: Path,
     micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:
-    _needs_root()
     bystander = QemuLabHandle(
         parse_scenario(_scenario(tmp_path, "by").read_text()).lab,  # type: ignore[arg-type]
         parse_scenario(_scenario(tmp_path, "by").read_text()).guest,

@@ -12,11 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from lab import hostmetrics as hm
-from lab.density_stats import HOST_MEMORY, MAX_VMS, StepStats, capacity, decide, percentile, projected_memory_fraction
-from lab.nodelock import NodeBusy, node_lock
-from scenarios.density import DensitySuite, StopCondition
-from scenarios.model import ScenarioError, parse_scenario
+from virtproof.instruments import hostmetrics as hm
+from virtproof.instruments.nodelock import NodeBusy, node_lock
+from virtproof.instruments.quantiles import linear as percentile
+from virtproof.scenarios.density import DensitySuite, StopCondition
+from virtproof.scenarios.model import ScenarioError, parse_scenario
+from virtproof.suites.engines.density_stats import (
+    HOST_MEMORY,
+    MAX_VMS,
+    StepStats,
+    capacity,
+    decide,
+    projected_memory_fraction,
+)
 
 BASE = """\
 name: d
@@ -78,7 +86,7 @@ def test_stop_conditions_parse() -> None:
 
 
 def test_the_headline_scenario_is_valid() -> None:
-    from scenarios.model import load_scenario
+    from virtproof.scenarios.model import load_scenario
 
     loaded = load_scenario(Path(__file__).parents[1] / "scenarios" / "density.yaml").scenario
     assert loaded.suites.density is not None
@@ -117,6 +125,14 @@ def test_percentile_matches_linear_interpolation() -> None:
     assert percentile(values, 95) == pytest.approx(4 + 0.8 * 6)
     assert percentile([7.0], 95) == 7.0
     assert math.isnan(percentile([], 50))
+
+
+def test_every_step_metric_a_scenario_may_name_has_a_value() -> None:
+    from virtproof.scenarios.density import STEP_METRICS
+
+    assert set(stats(times=(1.0,)).values()) == set(STEP_METRICS)
+    with pytest.raises(KeyError, match="unknown step metric"):
+        stats(times=(1.0,)).value("p42_time_to_ssh_s")
 
 
 def test_a_failed_boot_counts_as_infinitely_slow() -> None:
@@ -239,7 +255,7 @@ def test_harness_cpu_counts_every_thread() -> None:
 def test_node_lock_excludes_other_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIRTPROOF_STATE", str(tmp_path))
     holder = subprocess.Popen(
-        [sys.executable, "-c", "from lab.nodelock import node_lock; import time\n"
+        [sys.executable, "-c", "from virtproof.instruments.nodelock import node_lock; import time\n"
          "with node_lock(exclusive=False):\n    print('held', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "VIRTPROOF_STATE": str(tmp_path)},
         cwd=Path(__file__).parents[1],
@@ -258,7 +274,7 @@ def test_node_lock_excludes_other_processes(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_banner_polling_backs_off_as_a_boot_drags_on() -> None:
-    from lab.guest import banner_recv_timeout
+    from virtproof.lab.guest import banner_recv_timeout
 
     assert banner_recv_timeout(0.0) == 0.25  # a normal boot keeps 0.25 s detection
     assert banner_recv_timeout(4.0) == 0.25

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from lab.density import DensityRamp
-from lab.factory import open_lab
-from lab.qemu.platform import QemuPlatform
-from lab.qemu.process import find_processes
-from scenarios.model import Scenario, parse_scenario
+from virtproof.lab.factory import open_lab
+from virtproof.lab.qemu.platform import QemuPlatform
+from virtproof.lab.qemu.process import find_processes
+from virtproof.scenarios.model import Scenario, parse_scenario
+from virtproof.suites.engines.density import DensityRamp
 
 pytestmark = [pytest.mark.qemu, pytest.mark.netns, pytest.mark.xdist_group("density")]
 
@@ -55,9 +55,7 @@ class Recorded:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[QemuPlatform]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
+def lab(module_root: None) -> Iterator[QemuPlatform]:
     scenario = make_scenario("step: 1\nmax_vms: 1")
     handle = open_lab(scenario, f"dtest-{os.getpid()}-{int(time.time()) % 100000}")
     platform = handle.up()
@@ -138,7 +136,8 @@ def test_a_lost_guest_is_noticed_and_stops_the_ramp(lab: QemuPlatform) -> None:
         if not killed:  # after step 1, the first guest's qemu dies behind the harness's back
             vm = boots[0].vm
             assert vm is not None
-            pid = vm.host_pid()  # type: ignore[attr-defined]
+            pid = lab.host_pid(vm)
+            assert pid is not None
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
         return boots

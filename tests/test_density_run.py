@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lab.qemu.network import list_netns
-from lab.qemu.process import find_processes
-from reports.results import read_manifest, read_samples
+from virtproof.lab.qemu.network import list_netns
+from virtproof.lab.qemu.process import find_processes
+from virtproof.reports.results import read_manifest, read_samples
+
+from cli_run import CliRun
 
 pytestmark = [pytest.mark.qemu, pytest.mark.netns, pytest.mark.xdist_group("density")]
 
@@ -33,19 +33,12 @@ slo:
 """
 
 
-def test_virtproof_run_density(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
+def test_virtproof_run_density(root: None, tmp_path: Path, virtproof_run: Callable[..., CliRun]) -> None:
     scenario = tmp_path / "density-tiny.yaml"
     scenario.write_text(SCENARIO)
-    proc = subprocess.run(
-        [sys.executable, "-m", "virtproof", "run", str(scenario), "--suite", "density", "--results",
-         str(tmp_path / "results")],
-        cwd=ROOT, capture_output=True, text=True, timeout=400, check=False,
-    )
-    run_dir = Path(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert run_dir is not None and run_dir.is_dir()
+    run = virtproof_run(scenario, "--suite", "density", timeout=400)
+    assert run.code == 0, run.output()
+    run_dir = run.run_dir()
     samples = read_samples(run_dir).samples
     by_metric: dict[str, list[float]] = {}
     for s in samples:

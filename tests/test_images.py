@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.images import cpio
-from lab.images.elf import load_order, module_name
-from lab.images.micro import VIRTIO_MODULES, GuestImage
-from lab.qemu.accel import choose_accel
+from virtproof.lab.images import cpio
+from virtproof.lab.images.elf import load_order, module_name
+from virtproof.lab.images.micro import VIRTIO_MODULES, GuestImage
+from virtproof.lab.qemu.accel import choose_accel
 
 
 def _cpio_names(path: Path) -> list[str]:

@@ -11,21 +11,22 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from lab.kubevirt import cleanup
-from lab.kubevirt.config import ImageConfig
-from lab.kubevirt.importer import import_disk
-from lab.kubevirt.manifests import DiskSource, virtual_machine
-from lab.kubevirt.platform import KubeVirtPlatform
-from lab.kubevirt.preflight import ClusterNotReady, PermissionsMissing
-from lab.kubevirt.resources import VM, VMIM
-from lab.platform import Capability, CapabilityMissing, MigrationPolicy, PlatformError, VMSpec
-from tests.fakekube import FakeCluster
-from tests.fakekube.fixtures import open_platform
-from tests.fakekube.guests import SlowGuest
+from virtproof.lab.kubevirt import cleanup
+from virtproof.lab.kubevirt.config import ImageConfig
+from virtproof.lab.kubevirt.importer import import_disk
+from virtproof.lab.kubevirt.manifests import DiskSource, virtual_machine
+from virtproof.lab.kubevirt.platform import KubeVirtPlatform
+from virtproof.lab.kubevirt.preflight import ClusterNotReady, PermissionsMissing
+from virtproof.lab.kubevirt.resources import VM, VMIM
+from virtproof.lab.platform import Capability, CapabilityMissing, MigrationPolicy, PlatformError, VMSpec
+
+from fakekube import FakeCluster
+from fakekube.fixtures import open_platform
+from fakekube.guests import SlowGuest
 
 
 @pytest.fixture
-def cluster(shared_kubevirt: Path) -> Iterator[FakeCluster]:
+def cluster() -> Iterator[FakeCluster]:
     with FakeCluster() as c:
         yield c
 
@@ -56,11 +57,9 @@ def test_boot_timeline_comes_from_watch_events_in_kubevirt_phase_order(
     for name in ("VMICreated", "VMIPending", "VMIScheduling", "VMIScheduled", "VMIRunning", "VMReady"):
         assert name in quantiles and quantiles[name].count == 1
     assert quantiles["VMIScheduled"].p99 >= quantiles["VMIPending"].p99 >= 0
-    samples: list[tuple[str, float, str, dict[str, str]]] = []
-    count = platform.record_latencies(lambda m, v, u, **labels: samples.append((m, v, u, labels)))
-    assert count == len(samples) >= 6
-    assert ("vmi_latency.VMIRunning_ms", quantiles["VMIRunning"].p50, "ms",
-            {"vm": "boot-1", "time_source": "platform"}) in samples
+    latencies = platform.vm_latencies()
+    assert set(latencies) == {"boot-1"} and len(latencies["boot-1"]) >= 6
+    assert latencies["boot-1"]["VMIRunning"] == quantiles["VMIRunning"].p50
     platform.delete_vm(vm)
     assert vm.record.vmi_deleted
     platform.delete_vm(vm)  # idempotent
@@ -107,12 +106,14 @@ def test_postcopy_goes_through_a_labelled_migration_policy(platform: KubeVirtPla
     target = next(n for n in platform.nodes() if n != vm.node)
     result = platform.migrate(vm, target, MigrationPolicy(mode="postcopy", bandwidth_mibps=64))
     assert result.ok and result.mode == "postcopy"
-    policies = platform.kube.list_objects(__import__("lab.kubevirt.resources", fromlist=["x"]).MIGRATION_POLICY)
+    from virtproof.lab.kubevirt.resources import MIGRATION_POLICY
+
+    policies = platform.kube.list_objects(MIGRATION_POLICY)
     assert [p["spec"].get("allowPostCopy") for p in policies] == [True]
     assert vm.record.migration_state.get("migrationPolicyName") == policies[0]["metadata"]["name"]
 
 
-def test_timed_out_migration_is_cancelled_by_deleting_it(shared_kubevirt: Path, tmp_path: Path) -> None:
+def test_timed_out_migration_is_cancelled_by_deleting_it(tmp_path: Path) -> None:
     with FakeCluster(runner=SlowGuest(migrate_s=30)) as cluster:
         p = open_platform(cluster, tmp_path)
         try:
@@ -170,19 +171,19 @@ def test_optional_permissions_only_remove_capabilities(cluster: FakeCluster, tmp
         p.close()
 
 
-def test_cluster_allow_post_copy_is_read_from_the_kubevirt_cr(shared_kubevirt: Path, tmp_path: Path) -> None:
+def test_cluster_allow_post_copy_is_read_from_the_kubevirt_cr(tmp_path: Path) -> None:
     with FakeCluster(allow_postcopy=True) as cluster:
         cluster.api.access = lambda a: a.get("resource") != "migrationpolicies"
         p = open_platform(cluster, tmp_path)
         try:
             assert Capability.POST_COPY in p.capabilities
             assert Capability.MIGRATION_BANDWIDTH_LIMIT not in p.capabilities
-            assert p.accel == "tcg" and p.versions()["kubevirt"] == "v1.5.2"
+            assert p.accel == "tcg" and p.versions()["kubevirt"] == "v1.9.0"
         finally:
             p.close()
 
 
-def test_kubevirt_not_available_or_cdi_missing_is_a_clear_error(shared_kubevirt: Path, tmp_path: Path) -> None:
+def test_kubevirt_not_available_or_cdi_missing_is_a_clear_error(tmp_path: Path) -> None:
     with FakeCluster(kubevirt_available=False) as cluster, pytest.raises(ClusterNotReady, match="not Available"):
         open_platform(cluster, tmp_path)
     with FakeCluster(cdi=False) as cluster:
@@ -193,7 +194,7 @@ def test_kubevirt_not_available_or_cdi_missing_is_a_clear_error(shared_kubevirt:
         p.close()
 
 
-def test_single_node_cluster_has_no_live_migration(shared_kubevirt: Path, tmp_path: Path) -> None:
+def test_single_node_cluster_has_no_live_migration(tmp_path: Path) -> None:
     with FakeCluster(nodes=1) as cluster:
         p = open_platform(cluster, tmp_path)
         assert Capability.LIVE_MIGRATION not in p.capabilities and Capability.BOOT in p.capabilities
@@ -256,7 +257,7 @@ def test_disk_import_serves_the_file_and_cdi_downloads_it(cluster: FakeCluster, 
 
 
 def test_http_image_goes_through_a_data_volume_template(cluster: FakeCluster, tmp_path: Path) -> None:
-    from lab.kubevirt.importer import DiskServer
+    from virtproof.lab.kubevirt.importer import DiskServer
 
     disk = tmp_path / "d.img"
     disk.write_bytes(b"x" * 100_000)
@@ -280,13 +281,13 @@ def test_secrets_never_reach_logs_or_errors(cluster: FakeCluster, tmp_path: Path
     caplog.set_level(logging.DEBUG)
     p = open_platform(cluster, tmp_path)
     try:
-        logging.getLogger("lab.kubevirt").warning("token is %s", cluster.token)
+        logging.getLogger("virtproof.lab.kubevirt").warning("token is %s", cluster.token)
         logging.getLogger("urllib3").debug("Authorization: Bearer %s", cluster.token)
         vm = p.create_vm(VMSpec(name="sec-1"))
         p.wait_running(vm, 20)
         assert p.redact(f"x {cluster.token} y") == "x <redacted> y"
         host_key = p.keys().host_private_pem
-        logging.getLogger("lab.kubevirt").info("%s", host_key)
+        logging.getLogger("virtproof.lab.kubevirt").info("%s", host_key)
     finally:
         cleanup.clean(p.kube, "t1")
         p.close()
@@ -301,8 +302,8 @@ def test_lab_clean_removes_only_runs_whose_local_owner_is_gone(cluster: FakeClus
     import json
     import os
 
-    from lab.clusters.registry import leftovers_cleaner
-    from lab.qemu.state import boot_id
+    from virtproof.core.processes import boot_id
+    from virtproof.lab.clusters.leftovers import leftovers_cleaner
 
     monkeypatch.setenv("VIRTPROOF_STATE", str(tmp_path / "state"))
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
@@ -330,9 +331,9 @@ def test_lab_clean_removes_only_runs_whose_local_owner_is_gone(cluster: FakeClus
 def test_informer_relists_after_410_gone_and_keeps_recording(cluster: FakeCluster, tmp_path: Path) -> None:
     from collections import deque
 
-    from lab.kubevirt.informer import Informer
-    from lab.kubevirt.resources import VMI as VMI_RES
-    from lab.kubevirt.resources import Kube
+    from virtproof.lab.kubevirt.informer import Informer
+    from virtproof.lab.kubevirt.resources import VMI as VMI_RES
+    from virtproof.lab.kubevirt.resources import Kube
 
     p = open_platform(cluster, tmp_path)
     seen: list[tuple[str, str]] = []
@@ -363,7 +364,7 @@ def test_kubeconfig_keys_passwords_and_provider_tokens_are_redacted(tmp_path: Pa
 
     import yaml
 
-    from lab.kubevirt.connect import ConnectOptions, connect
+    from virtproof.lab.kubevirt.connect import ConnectOptions, connect
 
     pem = ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v1FCLoMDfmSHBZ6sUvG3l2lNvqxBvY5oWx0pN\n"
            "-----END PRIVATE KEY-----\n")

@@ -18,19 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from lab.factory import open_lab
-from lab.guest import GuestSession, wait_for_banner
-from lab.images.micro import GuestImage
-from lab.kubevirt import cleanup
-from lab.kubevirt.config import ImageConfig
-from lab.kubevirt.manifests import DiskSource
-from lab.platform import Endpoint, MigrationPolicy, VMSpec
-from lab.qemu.platform import QemuPlatform
-from reports.results import load_runs, read_manifest
-from scenarios.model import parse_scenario
-from tests.fakekube import FakeCluster
-from tests.fakekube.fixtures import open_platform
-from tests.fakekube.qemu_guests import QemuGuests
+from virtproof.lab.factory import open_lab
+from virtproof.lab.guest import GuestSession, wait_for_banner
+from virtproof.lab.images.micro import GuestImage
+from virtproof.lab.kubevirt import cleanup
+from virtproof.lab.kubevirt.config import ImageConfig
+from virtproof.lab.kubevirt.manifests import DiskSource
+from virtproof.lab.platform import Endpoint, MigrationPolicy, VMSpec
+from virtproof.lab.qemu.platform import QemuPlatform
+from virtproof.reports.results import load_runs, read_manifest
+from virtproof.scenarios.model import parse_scenario
+
+from fakekube import FakeCluster
+from fakekube.fixtures import open_platform
+from fakekube.qemu_guests import QemuGuests
 
 pytestmark = pytest.mark.qemu
 MICRO_DISK = "registry.example/virtproof/micro:latest"
@@ -53,7 +54,7 @@ def qemu_lab(micro_image: GuestImage, leftovers: Callable[[str], list[str]]) -> 
 
 
 @pytest.fixture
-def cluster(qemu_lab: QemuPlatform, shared_kubevirt: Path) -> Iterator[FakeCluster]:
+def cluster(qemu_lab: QemuPlatform) -> Iterator[FakeCluster]:
     runner = QemuGuests(qemu_lab)
     with FakeCluster(runner=runner, node_names=list(qemu_lab.nodes())) as c:
         yield c

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import kubevirt_schema
-from lab.clusters.handle import ClusterLabError, KubeVirtLabHandle
-from lab.clusters.kind import kind_config
-from lab.clusters.steps import LocalExecutor, Step, StepFailed, run_steps
-from lab.factory import open_lab
-from scenarios.model import ScenarioError, load_scenario, parse_scenario
+from virtproof.lab.clusters.handle import ClusterLabError, KubeVirtLabHandle
+from virtproof.lab.clusters.kind import kind_config
+from virtproof.lab.clusters.steps import LocalExecutor, Step, StepFailed, run_steps
+from virtproof.lab.factory import open_lab
+from virtproof.lab.kubevirt import schema as kubevirt_schema
+from virtproof.scenarios.model import ScenarioError, load_scenario, parse_scenario
 
 KIND = """name: k
 lab:
@@ -42,16 +42,15 @@ def _heredocs(lines: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize(("emulation", "mount"), [("on", False), ("off", True)])
-def test_kind_plan_lists_config_commands_and_valid_manifests(emulation: str, mount: bool,
-                                                             shared_kubevirt: Path) -> None:
-    kubevirt_schema.load_schemas(shared_kubevirt)
+def test_kind_plan_lists_config_commands_and_valid_manifests(emulation: str, mount: bool) -> None:
+    kubevirt_schema.load_schemas()
     scenario = parse_scenario(KIND.format(nodes=3, emulation=emulation))
     handle = open_lab(scenario, "plan-1")
     lines = handle.plan()
     text = "\n".join(lines)
     assert re.search(r"^kind create cluster --name virtproof --config - ", text, re.M)
-    assert "kubevirt/releases/download/v1.5.2/kubevirt-operator.yaml" in text
-    assert "containerized-data-importer/releases/download/v1.61.1/cdi-operator.yaml" in text
+    assert "kubevirt/releases/download/v1.9.0/kubevirt-operator.yaml" in text
+    assert "containerized-data-importer/releases/download/v1.66.0/cdi-operator.yaml" in text
     assert "--for condition=Available" in text and "kind delete cluster --name virtproof" in text
     docs = [d for doc in _heredocs(lines) for d in yaml.safe_load_all(doc) if d]
     kinds = [d["kind"] for d in docs]
@@ -75,7 +74,7 @@ def test_kind_config_mounts_kvm_only_when_kvm_is_used() -> None:
 
 
 def test_kind_auto_emulation_asks_the_kvm_probe(tmp_path: Path) -> None:
-    from lab.clusters.kind import decide_emulation
+    from virtproof.lab.clusters.kind import decide_emulation
 
     spec = parse_scenario(KIND.format(nodes=1, emulation="auto")).lab
     assert decide_emulation(spec, lambda: False) is True  # type: ignore[arg-type]
@@ -107,7 +106,7 @@ def test_kubeadm_plan_orders_host_steps_init_join_cni_and_installs(project_root:
     assert names[-1] == "virtproof-rbac"
     text = "\n".join(lines)
     assert "kubeadm init --pod-network-cidr=10.244.0.0/16 --apiserver-advertise-address=192.0.2.10" in text
-    assert "pkgs.k8s.io/core:/stable:/v1.31/deb/" in text
+    assert "pkgs.k8s.io/core:/stable:/v1.34/deb/" in text
 
 
 def test_existing_plan_installs_nothing(project_root: Path) -> None:

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import kubevirt_schema
-from lab.clusters.install import cdi_cr, kubevirt_cr
-from lab.kubevirt import manifests
-from lab.kubevirt.manifests import CloudInit, DiskSource, UnsupportedSpec
-from lab.kubevirt.preflight import NAMESPACE_PERMS, OPTIONAL, REQUIRED, Permission
-from lab.platform import MigrationPolicy, VMSpec
+from virtproof.lab.clusters.install import cdi_cr, kubevirt_cr
+from virtproof.lab.kubevirt import manifests
+from virtproof.lab.kubevirt import schema as kubevirt_schema
+from virtproof.lab.kubevirt.manifests import CloudInit, DiskSource, UnsupportedSpec
+from virtproof.lab.kubevirt.preflight import NAMESPACE_PERMS, OPTIONAL, REQUIRED, Permission
+from virtproof.lab.platform import MigrationPolicy, VMSpec
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _schemas(shared_kubevirt: Path) -> None:
-    kubevirt_schema.load_schemas(shared_kubevirt)
+def _schemas() -> None:
+    kubevirt_schema.load_schemas()
 
 
 CI = CloudInit("fedora", "ssh-ed25519 AAAAC3Nz client", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END",

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from lab.clusters.kubeadm import KubeadmCluster
-from lab.clusters.ssh import SSHError, SSHExecutor
-from lab.clusters.steps import Step, StepFailed, run_steps
-from lab.factory import open_lab
-from lab.guest import wait_for_banner
-from lab.images.micro import GuestImage
-from lab.platform import VMSpec
-from lab.qemu.platform import QemuPlatform
-from scenarios.model import parse_scenario
+from virtproof.lab.clusters.kubeadm import KubeadmCluster
+from virtproof.lab.clusters.ssh import SSHError, SSHExecutor
+from virtproof.lab.clusters.steps import Step, StepFailed, run_steps
+from virtproof.lab.factory import open_lab
+from virtproof.lab.guest import wait_for_banner
+from virtproof.lab.images.micro import GuestImage
+from virtproof.lab.platform import VMSpec
+from virtproof.lab.qemu.platform import QemuPlatform
+from virtproof.scenarios.model import parse_scenario
 
 pytestmark = pytest.mark.qemu
 
@@ -70,9 +70,9 @@ def test_kubeadm_prerequisite_step_runs_its_check_on_the_host(host: SSHExecutor,
     text = ("name: k\nlab:\n  kind: kubeadm\n  hosts: [{address: 127.0.0.1, key: /k, role: control-plane}]\n"
             "suites: {boot: {}}\n")
     cluster = KubeadmCluster(parse_scenario(text).lab, tmp_path)  # type: ignore[arg-type]
-    from lab.clusters.kubeadm import host_steps
+    from virtproof.lab.clusters.kubeadm import host_steps
 
-    step = host_steps(cluster.spec.hosts[0], "1.31")[0]
+    step = host_steps(cluster.spec.hosts[0], "1.34")[0]
     with pytest.raises(StepFailed, match=r"step kernel-prereqs on root@[\d.]+:\d+ failed \(exit 1\): modprobe"):
         run_steps([step], lambda _: host, backoff_s=0.01)
 

@@ -10,21 +10,19 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lab.guest import GuestSession, wait_for_banner
-from lab.images.micro import GuestImage
-from lab.platform import MigrationPolicy, PlatformError, VMSpec
-from lab.qemu import l2
-from lab.qemu.lab import QemuLabHandle
-from lab.qemu.platform import QemuPlatform, QemuVM
-from scenarios.model import Guest, QemuLab
+from virtproof.lab.guest import GuestSession, wait_for_banner
+from virtproof.lab.images.micro import GuestImage
+from virtproof.lab.platform import MigrationPolicy, PlatformError, VMSpec
+from virtproof.lab.qemu import l2
+from virtproof.lab.qemu.lab import QemuLabHandle
+from virtproof.lab.qemu.platform import QemuPlatform, QemuVM
+from virtproof.scenarios.model import Guest, QemuLab
 
 pytestmark = [pytest.mark.qemu, pytest.mark.netns]
 
 
 @pytest.fixture(scope="module")
-def lab(micro_image: GuestImage) -> Iterator[tuple[QemuLabHandle, QemuPlatform]]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+def lab(module_root: None, micro_image: GuestImage) -> Iterator[tuple[QemuLabHandle, QemuPlatform]]:
     handle = QemuLabHandle(QemuLab(kind="qemu", nodes=2), Guest(), f"tmiglab-{os.getpid()}")
     platform = handle.up()
     try:
@@ -110,10 +108,8 @@ def test_bad_targets_are_errors(lab: tuple[QemuLabHandle, QemuPlatform]) -> None
 
 
 def test_teardown_leaves_nothing(
-    micro_image: GuestImage, leftovers: Callable[[str], list[str]]
+    root: None, micro_image: GuestImage, leftovers: Callable[[str], list[str]]
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
     lab_id = f"tmigdown-{os.getpid()}"
     handle = QemuLabHandle(QemuLab(kind="qemu", nodes=2), Guest(), lab_id)
     platform = handle.up()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.platform import MigrationPolicy
-from scenarios.migration import DirtyWorkload, HttpWorkload, IdleWorkload, policy_label, workload_label
-from scenarios.model import ScenarioError, load_scenario, parse_scenario
+from virtproof.lab.platform import MigrationPolicy
+from virtproof.scenarios.migration import DirtyWorkload, HttpWorkload, IdleWorkload, policy_label, workload_label
+from virtproof.scenarios.model import ScenarioError, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 

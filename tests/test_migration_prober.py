@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.load import LoadSpec, LocustRun, RequestRecord, window
-from lab.prober import ProbeLog, Prober, ProbeRecord
+from virtproof.instruments.load import LoadSpec, LocustRun, RequestRecord, window
+from virtproof.instruments.prober import ProbeLog, Prober, ProbeRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def test_prober_stops_when_its_parent_dies(server: _Server, tmp_path: Path) -> N
     out = tmp_path / "probe.log"
     code = (
         "import subprocess,sys,time;"
-        f"p=subprocess.Popen([sys.executable,'-m','lab.prober','127.0.0.1','{server.port}','--out','{out}']);"
+        f"p=subprocess.Popen([sys.executable,'-m','virtproof.instruments.prober','127.0.0.1','{server.port}','--out','{out}']);"
         "print(p.pid,flush=True);time.sleep(1)"
     )
     parent = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30)
@@ -160,7 +160,8 @@ def test_window_statistics() -> None:
 
 def test_harness_modules_do_not_import_locust_or_gevent() -> None:
     code = (
-        "import sys, lab.load, lab.prober, lab.qemu.migration, lab.qemu.l2, suites.test_migration;"
+        "import sys, virtproof.instruments.load, virtproof.instruments.prober, virtproof.lab.qemu.migration,"
+        " virtproof.lab.qemu.l2, virtproof.suites.engines.migration;"
         "bad=[m for m in ('locust','gevent') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)

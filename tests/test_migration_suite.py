@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from lab.images.micro import GuestImage
-from reports.results import load_runs, read_manifest
+from virtproof.lab.images.micro import GuestImage
+from virtproof.reports.results import load_runs, read_manifest
+
+from cli_run import CliRun
 
 pytestmark = [pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow]
 
@@ -22,15 +22,10 @@ MOVE_METRICS = {
 LABELS = ("label.vm", "label.source", "label.target", "label.pattern", "label.policy", "label.workload", "label.mode")
 
 
-def _run(virtproof_cmd: list[str], project_root: Path, scenario: Path, results: Path) -> tuple[Path, pd.DataFrame]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    proc = subprocess.run(
-        [*virtproof_cmd, "run", str(scenario), "--results", str(results)],
-        capture_output=True, text=True, timeout=900, check=False, cwd=project_root,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+def _run(virtproof_run: Callable[..., CliRun], scenario: Path) -> tuple[Path, pd.DataFrame]:
+    run = virtproof_run(scenario, timeout=900)
+    assert run.code == 0, run.output()
+    run_dir = run.run_dir()
     return run_dir, load_runs([run_dir])
 
 
@@ -40,10 +35,10 @@ def _moves(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def test_sequential_dirty_round_trip_and_faults(
-    tmp_path: Path, virtproof_cmd: list[str], project_root: Path, micro_image: GuestImage,
+    root: None, tmp_path: Path, virtproof_run: Callable[..., CliRun], project_root: Path, micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:  # fmt: skip
-    run_dir, df = _run(virtproof_cmd, project_root, project_root / "tests/migration/quick.yaml", tmp_path / "r")
+    run_dir, df = _run(virtproof_run, project_root / "tests/migration/quick.yaml")
     lab_id = read_manifest(run_dir)["lab"]["lab_id"]
     # 2 guests x (there and back) = 4 moves, each with every metric and label
     for metric in MOVE_METRICS:
@@ -69,7 +64,7 @@ def test_sequential_dirty_round_trip_and_faults(
 
 
 def test_capped_precopy_under_http_load(
-    tmp_path: Path, virtproof_cmd: list[str], project_root: Path, micro_image: GuestImage,
+    root: None, tmp_path: Path, virtproof_run: Callable[..., CliRun], project_root: Path, micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:  # fmt: skip
     scenario = tmp_path / "par.yaml"
@@ -79,7 +74,7 @@ def test_capped_precopy_under_http_load(
         "    workload: {kind: http, users: 2, rate: 10}\n"
         "    policy: {mode: precopy, bandwidth_mibps: 64, downtime_limit_ms: 100, timeout_s: 120}\n"
     )
-    run_dir, df = _run(virtproof_cmd, project_root, scenario, tmp_path / "r")
+    run_dir, df = _run(virtproof_run, scenario)
     for metric in (*MOVE_METRICS, "migration.http_failures"):
         rows = df[df["metric"] == metric]
         assert len(rows) == 4, (metric, rows)
@@ -94,7 +89,7 @@ def test_capped_precopy_under_http_load(
 
 
 def test_evacuate_drains_the_node(
-    tmp_path: Path, virtproof_cmd: list[str], project_root: Path, micro_image: GuestImage,
+    root: None, tmp_path: Path, virtproof_run: Callable[..., CliRun], project_root: Path, micro_image: GuestImage,
     leftovers: Callable[[str], list[str]],
 ) -> None:  # fmt: skip
     scenario = tmp_path / "evac.yaml"
@@ -102,7 +97,7 @@ def test_evacuate_drains_the_node(
         "name: migration-evacuate\nlab: {kind: qemu, nodes: 2}\nguest: {memory: 160Mi}\n"
         "suites:\n  migration:\n    count: 2\n    concurrency: 2\n    pattern: evacuate\n    probe: tcp\n"
     )
-    run_dir, df = _run(virtproof_cmd, project_root, scenario, tmp_path / "r")
+    run_dir, df = _run(virtproof_run, scenario)
     total = df[df["metric"] == "migration.total_s"]
     drained = total[total["label.policy"] == "drain"]
     assert len(drained) == 2 and set(drained["label.source"]) == {"node0"} and set(drained["label.target"]) == {"node1"}

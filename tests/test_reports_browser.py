@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reports_testdata import XSS, finished, make_run
 
-from reports.compare import render_comparison
-from reports.finalize import finalize_run
-from scenarios.model import SLO
+from virtproof.reports.compare import render_comparison
+from virtproof.reports.finalize import finalize_run
+from virtproof.scenarios.model import SLO
+
+from reports_testdata import XSS, finished, make_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports.direction import better
-from reports.finalize import finalize_run
-from reports.frame import load
-from reports.gates import evaluate_regression, evaluate_slo, parse_percent
-from reports.results import RunDirectory, SampleSink, load_runs
-from reports.stats import compute_stats
-from scenarios.model import SLO, parse_scenario
+from virtproof.reports.direction import better
+from virtproof.reports.finalize import finalize_run
+from virtproof.reports.frame import load
+from virtproof.reports.gates import evaluate_regression, evaluate_slo, parse_percent
+from virtproof.reports.results import RunDirectory, SampleSink, load_runs
+from virtproof.reports.stats import compute_stats
+from virtproof.scenarios.model import SLO, parse_scenario
 
 
 def _run(root: Path, run_id: str, series: dict[str, list[tuple[float, dict[str, str]]]]) -> RunDirectory:
@@ -177,3 +177,13 @@ def test_parse_percent() -> None:
 ])
 def test_direction(metric: str, unit: str, direction: str) -> None:
     assert better(metric, unit) == direction
+
+
+def test_a_gate_line_says_what_was_observed(tmp_path: Path) -> None:
+    df = _frame(tmp_path, "r1", {"boot.time_to_ssh_s": [(8.7, {}), (8.7, {})]})
+    ok = evaluate_slo(df, SLO(metric="boot.time_to_ssh_s", stat="p95", max=60))
+    assert ok.line() == "ok   p95(boot.time_to_ssh_s) = 8.7 s <= 60 s"
+    bad = evaluate_slo(df, SLO(metric="boot.time_to_ssh_s", stat="p95", max=5))
+    assert bad.line() == "FAIL p95(boot.time_to_ssh_s) = 8.7 s <= 5 s: 8.7 s is above max 5 s by 3.7 s (74.0%)"
+    empty = evaluate_slo(df, SLO(metric="boot.nothing_s", stat="p95", max=5))
+    assert empty.line() == "FAIL p95(boot.nothing_s) = n/a <= 5: no samples"

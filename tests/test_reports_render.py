@@ -7,13 +7,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from reports_testdata import XSS, finished, make_run
 
-from reports.compare import render_comparison
-from reports.finalize import finalize_run
-from reports.results import RunDirectory
-from scenarios.model import SLO
 from virtproof import cli
+from virtproof.reports.compare import render_comparison
+from virtproof.reports.finalize import finalize_run
+from virtproof.reports.results import RunDirectory
+from virtproof.scenarios.model import SLO
+
+from reports_testdata import XSS, finished, make_run
 
 
 def test_finalize_writes_every_output(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.results import (
+from virtproof.reports.results import (
     NotARunDirectory,
     RunDirectory,
     Sample,
@@ -94,7 +94,7 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
 CHILD = """
 import sys, time
 from pathlib import Path
-from reports.results import RunDirectory
+from virtproof.reports.results import RunDirectory
 run = RunDirectory.create(Path(sys.argv[1]), "killed", {"scenario": {"name": "t"}})
 run.sink.record("before.kill", 1.0, "s")
 print("ready", flush=True)

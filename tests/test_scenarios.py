@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scenarios.model import ScenarioError, load_scenario, parse_mib, parse_scenario
+from virtproof.scenarios.model import ScenarioError, load_scenario, parse_mib, parse_scenario
 
 GOOD = """\
 name: t

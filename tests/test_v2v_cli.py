@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from scenarios.model import load_scenario
 from virtproof.cli import main
+from virtproof.scenarios.model import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_premigration_scenario_loads() -> None:
 
 
 def test_v2v_scenario_errors_name_the_field(tmp_path: Path) -> None:
-    from scenarios.model import ScenarioError
+    from virtproof.scenarios.model import ScenarioError
 
     path = tmp_path / "s.yaml"
     path.write_text(

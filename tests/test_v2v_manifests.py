@@ -1,4 +1,4 @@
-"""The swagger -> JSON Schema validator (lab.kubevirt_schema) and the VM/DataVolume we generate."""
+"""The swagger -> JSON Schema validator (virtproof.lab.kubevirt.schema) and the VM/DataVolume we generate."""
 
 from __future__ import annotations
 
@@ -7,13 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.kubevirt_schema import load_schemas, validate
-from lab.v2v.manifests import GIB, ManifestInvalid, VmShape, build_manifests, k8s_name, virtual_machine
+from virtproof.lab.kubevirt.schema import load_schemas, validate
+from virtproof.premigrate.manifests import GIB, ManifestInvalid, VmShape, build_manifests, k8s_name, virtual_machine
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "kubevirt"
-pytestmark = pytest.mark.skipif(
-    not (SHARED / "kubevirt-openapi.json").exists(), reason=f"KubeVirt schemas not found at {SHARED}"
-)
+EXAMPLES = Path(__file__).resolve().parent / "data" / "kubevirt"  # KubeVirt's and CDI's own example manifests
 KINDS = {
     "VirtualMachine": "kubevirt:v1.VirtualMachine",
     "VirtualMachineInstance": "kubevirt:v1.VirtualMachineInstance",
@@ -24,7 +21,7 @@ KINDS = {
 
 def _examples() -> list[tuple[str, dict[str, object]]]:
     out = []
-    for path in sorted([*SHARED.glob("examples/*.yaml"), *SHARED.glob("cdi-examples/*.yaml")]):
+    for path in sorted([*EXAMPLES.glob("examples/*.yaml"), *EXAMPLES.glob("cdi-examples/*.yaml")]):
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") in KINDS:
                 out.append((f"{path.parent.name}/{path.name}", doc))
@@ -32,7 +29,7 @@ def _examples() -> list[tuple[str, dict[str, object]]]:
 
 
 def test_upstream_examples_validate_strictly() -> None:
-    schemas = load_schemas(SHARED)
+    schemas = load_schemas()
     examples = _examples()
     assert len(examples) > 20
     failures = {name: schemas.validate(KINDS[str(doc["kind"])], doc) for name, doc in examples}
@@ -40,7 +37,7 @@ def test_upstream_examples_validate_strictly() -> None:
 
 
 def test_unknown_and_misplaced_fields_are_rejected() -> None:
-    load_schemas(SHARED)
+    load_schemas()
     vm = virtual_machine(VmShape("x", 1, 512, "bios", GIB))
     vm["spec"]["template"]["spec"]["domain"]["resources"]["cpu"] = {"cores": 2}  # virt-v2v 2.2's mistake
     errors = validate("v1.VirtualMachine", vm)
@@ -53,7 +50,7 @@ def test_unknown_and_misplaced_fields_are_rejected() -> None:
 
 
 def test_generated_manifests_are_valid_and_keep_what_was_asked() -> None:
-    schemas = load_schemas(SHARED)
+    schemas = load_schemas()
     dv, vm = build_manifests(VmShape("web01", 2, 1024, "uefi", 2 * GIB + 1, mac="00:50:56:8a:3c:01"), schemas)
     assert dv["kind"] == "DataVolume" and dv["spec"]["storage"]["resources"]["requests"]["storage"] == "3Gi"
     domain = vm["spec"]["template"]["spec"]["domain"]
@@ -67,7 +64,7 @@ def test_generated_manifests_are_valid_and_keep_what_was_asked() -> None:
 
 
 def test_a_generator_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lab.v2v.manifests as manifests
+    import virtproof.premigrate.manifests as manifests
 
     original = manifests.virtual_machine
 
@@ -78,7 +75,7 @@ def test_a_generator_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(manifests, "virtual_machine", broken)
     with pytest.raises(ManifestInvalid, match="runStrategy"):
-        manifests.build_manifests(VmShape("x", 1, 512, "bios", GIB), load_schemas(SHARED))
+        manifests.build_manifests(VmShape("x", 1, 512, "bios", GIB), load_schemas())
 
 
 def test_k8s_names() -> None:

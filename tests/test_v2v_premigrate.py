@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.images.fixtures.catalog import fixture_path
-from reports.results import read_manifest, read_samples
 from virtproof.cli import main
+from virtproof.premigrate.fixtures.catalog import fixture_path
+from virtproof.reports.results import read_manifest, read_samples
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "kubevirt"
@@ -69,9 +69,7 @@ def test_micro_disks_in_parallel(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_debian_clean_and_ova_for_kubevirt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not (SHARED / "kubevirt-openapi.json").exists():
-        pytest.skip(f"KubeVirt schemas not found at {SHARED}")
-    from lab.kubevirt_schema import load_schemas
+    from virtproof.lab.kubevirt.schema import load_schemas
 
     clean, ova = fixture_path("debian-clean", "vmdk"), fixture_path("debian-ova")
     outdir = tmp_path / "out"
@@ -85,11 +83,9 @@ def test_debian_clean_and_ova_for_kubevirt(tmp_path: Path, capsys: pytest.Captur
         "--keep-mac",
         "--fix",
         str(outdir),
-        "--kubevirt-schemas",
-        str(SHARED),
     )
     assert code == 0, {k: v["reasons"] for k, v in out.items() if k != "run"}
-    schemas = load_schemas(SHARED)
+    schemas = load_schemas()
     for name in (clean.name, ova.name):
         report = out[name]
         assert report["verdict"] == "ready" and report["boot"]["network"].split()[1] == "enp1s0"

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from lab.v2v import netconfig
-from lab.v2v.bootproof import BootProof
-from lab.v2v.checks import findings_for, guest_findings
-from lab.v2v.findings import Finding
-from lab.v2v.imagefile import BadSource, ImageFacts, image_facts
-from lab.v2v.initramfs import InitramfsError, list_initramfs, module_names
-from lab.v2v.inspect import BootEntry, FstabEntry, GuestFacts, Inspection, _parse_extlinux, _parse_grub
-from lab.v2v.ova import open_ova, ova_findings, parse_ovf
-from lab.v2v.probe import parse_probe, probe_script
-from lab.v2v.verdict import decide
+from virtproof.premigrate import netconfig
+from virtproof.premigrate.bootproof import BootProof
+from virtproof.premigrate.checks import findings_for, guest_findings
+from virtproof.premigrate.findings import Finding
+from virtproof.premigrate.imagefile import BadSource, ImageFacts, image_facts
+from virtproof.premigrate.initramfs import InitramfsError, list_initramfs, module_names
+from virtproof.premigrate.inspect import BootEntry, FstabEntry, GuestFacts, Inspection, _parse_extlinux, _parse_grub
+from virtproof.premigrate.ova import open_ova, ova_findings, parse_ovf
+from virtproof.premigrate.probe import parse_probe, probe_script
+from virtproof.premigrate.verdict import decide
 
 # --- initramfs ----------------------------------------------------------------------------
 
@@ -310,7 +310,7 @@ def test_probe_output_is_parsed_from_a_noisy_console() -> None:
 
 
 def test_parse_the_fixture_ovf() -> None:
-    from lab.images.fixtures.ova import MAC, OVF_TEMPLATE
+    from virtproof.premigrate.fixtures.ova import MAC, OVF_TEMPLATE
 
     info = parse_ovf(OVF_TEMPLATE.format(disk="d.vmdk", disk_size=10, capacity_mib=2048, name="web01", mac=MAC))
     assert (info.name, info.cpus, info.memory_mib, info.firmware) == ("web01", 2, 1024, "bios")
@@ -324,7 +324,7 @@ def test_bad_ovf_is_bad_input() -> None:
 
 
 def _tiny_ova(path: Path, tamper: bool) -> None:
-    from lab.images.fixtures.ova import MAC, OVF_TEMPLATE
+    from virtproof.premigrate.fixtures.ova import MAC, OVF_TEMPLATE
 
     disk = b"\0" * 4096
     ovf = OVF_TEMPLATE.format(disk="d.vmdk", disk_size=len(disk), capacity_mib=1, name="t", mac=MAC).encode()

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from virtproof import __version__
-from virtproof.errors import EXIT_LAB, EXIT_USAGE, LabUnavailable, UsageError
+from virtproof.core.errors import EXIT_USAGE, LabUnavailable, UsageError, VirtproofError
 
 # Each module defines ``register(subparsers)``; the parser it adds sets ``func(args) -> int``.
 COMMAND_MODULES = (
@@ -60,10 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except UsageError as exc:
         print(f"virtproof: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except LabUnavailable as exc:
         print(f"virtproof: lab unavailable: {exc}", file=sys.stderr)
-        return EXIT_LAB
+        return exc.exit_code
+    except VirtproofError as exc:
+        print(f"virtproof: {exc}", file=sys.stderr)
+        return exc.exit_code
     except BrokenPipeError:
         # Output piped into e.g. `head`: stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

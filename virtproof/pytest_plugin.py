@@ -29,12 +29,14 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["VIRTPROOF_RUN_DIR"] = str(Path(run_dir).resolve())
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     names = [str(n) for mark in item.iter_markers("capability") for n in mark.args]
     report.user_properties.append(("capabilities", ",".join(names)))
+    return report
 
 
 def _suite_of(nodeid: str) -> str:

@@ -19,14 +19,15 @@ from types import FrameType
 import pytest
 import yaml
 
-from lab.factory import LabHandle, describe, open_lab, persistent_lab_id
-from lab.platform import Platform
-from reports.results import RunDirectory, RunStatus, new_run_id
-from scenarios.model import LoadedScenario
-from virtproof.errors import EXIT_FAILED, EXIT_LAB, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
-from virtproof.hostfacts import PROJECT_ROOT, host_facts, versions
+from virtproof import suites as suites_package
+from virtproof.core.errors import EXIT_FAILED, EXIT_LAB, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, UsageError
+from virtproof.hostfacts import host_facts, versions
+from virtproof.lab.factory import LabHandle, describe, open_lab, persistent_lab_id
+from virtproof.lab.platform import Platform
+from virtproof.reports.results import RunDirectory, RunStatus, new_run_id
+from virtproof.scenarios.model import LoadedScenario
 
-SUITES_DIR = PROJECT_ROOT / "suites"
+SUITES_DIR = Path(suites_package.__file__).resolve().parent
 Say = Callable[[str], None]
 
 
@@ -78,11 +79,11 @@ def suite_paths(loaded: LoadedScenario, selected: Sequence[str]) -> list[Path]:
     names = list(selected) or enabled
     unknown = [n for n in names if n not in enabled]
     if unknown:
-        raise ValueError(f"--suite {', '.join(unknown)}: not in {loaded.path} (it has: {', '.join(enabled)})")
+        raise UsageError(f"--suite {', '.join(unknown)}: not in {loaded.path} (it has: {', '.join(enabled)})")
     paths = [SUITES_DIR / f"test_{n}.py" for n in names]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        raise ValueError(f"no suite file {missing[0]}")
+        raise UsageError(f"no suite file {missing[0]}")
     return paths
 
 
@@ -189,15 +190,9 @@ def _ignoring_signals() -> Iterator[None]:
 
 
 def _lab_facts(platform: Platform) -> dict[str, object]:
-    facts: dict[str, object] = {"nodes": list(platform.nodes()), "accel": platform.accel}
-    versions = getattr(platform, "versions", None)
-    if callable(versions):  # KubeVirt: Kubernetes, KubeVirt and CDI versions from the cluster
-        facts["versions"] = versions()
-    state = getattr(platform, "state", None)
-    if state is not None:
-        facts["network"] = getattr(state, "network", None)
-        facts["accel_reason"] = getattr(state, "extra", {}).get("accel_reason")
-    return facts
+    """What the manifest says about the lab: nodes, accelerator, and what the platform tells of itself
+    (qemu: network and why this accelerator; KubeVirt: the cluster's versions)."""
+    return {"nodes": list(platform.nodes()), "accel": platform.accel, **platform.facts()}
 
 
 def _run_pytest(run_dir: Path, paths: list[Path], options: RunOptions) -> int:
@@ -205,9 +200,12 @@ def _run_pytest(run_dir: Path, paths: list[Path], options: RunOptions) -> int:
         *map(str, paths),
         f"--vp-run-dir={run_dir}",
         f"--junitxml={run_dir / 'pytest-junit.xml'}",
-        f"--rootdir={PROJECT_ROOT}",
+        f"--rootdir={SUITES_DIR}",
+        "--import-mode=importlib",
         "-p",
         "virtproof.pytest_plugin",
+        "-p",
+        "virtproof.suite_session",
         "-p",
         "no:cacheprovider",
         "-p",
@@ -227,9 +225,9 @@ def _run_pytest(run_dir: Path, paths: list[Path], options: RunOptions) -> int:
 
 
 def _finalize(run_dir: Path, loaded: LoadedScenario, options: RunOptions, say: Say) -> bool:
-    from reports.finalize import finalize_run
+    from virtproof.reports.finalize import finalize_run
 
     result = finalize_run(run_dir, loaded.scenario.slo, options.baseline, options.max_regression)
     for gate in result.gate_results:
-        say(f"gate {'ok  ' if gate.passed else 'FAIL'} {gate.name}: {gate.reason}")
+        say(f"gate {gate.line()}")
     return result.gates_passed

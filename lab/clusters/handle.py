@@ -1,4 +1,4 @@
-"""``KubeVirtLabHandle``: the ``kind``, ``kubeadm`` and ``existing`` labs behind ``lab.factory``.
+"""``KubeVirtLabHandle``: the ``kind``, ``kubeadm`` and ``existing`` labs behind ``virtproof.lab.factory``.
 
 ``up`` makes the cluster (kind/kubeadm; nothing for existing) and opens a ``KubeVirtPlatform``;
 ``attach`` only opens one; ``down`` deletes the objects labelled with this lab's run id and,
@@ -9,7 +9,6 @@ SSH keys, its owner) lives in ``$VIRTPROOF_STATE/kubevirt/<lab-id>``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,20 +17,21 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from lab.clusters.kind import KindCluster
-from lab.clusters.kubeadm import KubeadmCluster
-from lab.clusters.ssh import SSHError
-from lab.clusters.steps import StepFailed
-from lab.kubevirt import cleanup
-from lab.kubevirt.config import ImageConfig, KubeVirtConfig
-from lab.kubevirt.connect import ConnectOptions, KubeconfigError, connect
-from lab.kubevirt.manifests import DiskSource, guest_service, namespace
-from lab.kubevirt.platform import KubeVirtPlatform
-from lab.kubevirt.resources import Kube
-from lab.platform import GuestAccess, PlatformError, VMSpec
-from lab.qemu.state import boot_id, pid_alive, state_root
-from scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab
-from scenarios.model import Scenario
+from virtproof.core.processes import Owner
+from virtproof.core.statedir import state_root
+from virtproof.lab.clusters.kind import KindCluster
+from virtproof.lab.clusters.kubeadm import KubeadmCluster
+from virtproof.lab.clusters.ssh import SSHError
+from virtproof.lab.clusters.steps import StepFailed
+from virtproof.lab.kubevirt import cleanup
+from virtproof.lab.kubevirt.config import ImageConfig, KubeVirtConfig
+from virtproof.lab.kubevirt.connect import ConnectOptions, KubeconfigError, connect
+from virtproof.lab.kubevirt.manifests import DiskSource, guest_service, namespace
+from virtproof.lab.kubevirt.platform import KubeVirtPlatform
+from virtproof.lab.kubevirt.resources import Kube
+from virtproof.lab.platform import GuestAccess, PlatformError, VMSpec
+from virtproof.scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab
+from virtproof.scenarios.model import Scenario
 
 Progress = Callable[[str], None]
 KubeLab = KindLab | KubeadmLab | ExistingLab
@@ -63,8 +63,8 @@ def lab_state_dir(lab_id: str) -> Path:
 
 def _kvm_boots() -> bool:
     """Whether KVM boots a guest here (lab.qemu's probe boots the micro guest under KVM)."""
-    from lab.images.store import ImageStore
-    from lab.qemu.accel import choose_accel
+    from virtproof.lab.images.store import ImageStore
+    from virtproof.lab.qemu.accel import choose_accel
 
     try:
         return choose_accel("auto", ImageStore.default().get("micro")).accel == "kvm"
@@ -131,7 +131,7 @@ class KubeVirtLabHandle:
         if image is None:
             lines.append(f"# image {guest.image!r} is not in lab.images: VMs cannot be created")
         else:
-            from lab.kubevirt import manifests
+            from virtproof.lab.kubevirt import manifests
 
             cloud = None
             if image.cloud_init:
@@ -145,7 +145,7 @@ class KubeVirtLabHandle:
     def _write_owner(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "owner.json").write_text(json.dumps(
-            {"pid": os.getpid(), "boot_id": boot_id(), "persistent": self.persistent}))
+            {**Owner.current().as_dict(), "persistent": self.persistent}))
 
     def up(self, progress: Progress = lambda _: None) -> KubeVirtPlatform:
         self._write_owner()
@@ -219,9 +219,10 @@ def _owner_gone(run_id: str) -> bool:
         owner = json.loads((lab_state_dir(run_id) / "owner.json").read_text())
     except (OSError, ValueError):
         return False  # not ours (another host's run, or an unknown one): leave it
-    if owner.get("persistent"):
+    if not isinstance(owner, dict) or owner.get("persistent"):
         return False
-    return owner.get("boot_id") != boot_id() or not pid_alive(int(owner.get("pid", 0)))
+    recorded = Owner.from_mapping(owner)
+    return recorded is None or not recorded.alive()
 
 
 def _short(exc: BaseException) -> str:

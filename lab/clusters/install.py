@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import yaml
 
-from lab.clusters.steps import Step
+from virtproof.lab.clusters.steps import Step
 
 KUBEVIRT_RELEASES = "https://github.com/kubevirt/kubevirt/releases/download"
 CDI_RELEASES = "https://github.com/kubevirt/containerized-data-importer/releases/download"
-RBAC_DIR = Path(__file__).resolve().parent.parent.parent / "deploy" / "rbac"
+RBAC_DIR = resources.files("virtproof.deploy").joinpath("rbac")  # package data
 
 
 def kubevirt_cr(use_emulation: bool) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def install_steps(kubectl: str, kubevirt_version: str, cdi_version: str, use_emu
                   host: str = "local") -> list[Step]:
     kv_operator = f"{KUBEVIRT_RELEASES}/{kubevirt_version}/kubevirt-operator.yaml"
     cdi_operator = f"{CDI_RELEASES}/{cdi_version}/cdi-operator.yaml"
-    rbac = (RBAC_DIR / "virtproof-clusterrole.yaml").read_text() if RBAC_DIR.is_dir() else ""
+    rbac = RBAC_DIR.joinpath("virtproof-clusterrole.yaml").read_text(encoding="utf-8")
     return [
         Step("kubevirt-operator", f"{kubectl} apply -f {kv_operator}", retries=3, host=host,
              check=f"{kubectl} -n kubevirt get deployment virt-operator >/dev/null 2>&1"),

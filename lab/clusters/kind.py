@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from lab.clusters.install import install_steps
-from lab.clusters.steps import LocalExecutor, Step, StepLog, run_steps
-from scenarios.kubevirt import KindLab
+from virtproof.lab.clusters.install import install_steps
+from virtproof.lab.clusters.steps import LocalExecutor, Step, StepLog, run_steps
+from virtproof.scenarios.kubevirt import KindLab
 
 KVM = Path("/dev/kvm")
 

@@ -12,10 +12,11 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from lab.clusters.install import install_steps
-from lab.clusters.ssh import SSHExecutor
-from lab.clusters.steps import Executor, Step, StepLog, run_steps
-from scenarios.kubevirt import KubeadmHost, KubeadmLab
+from virtproof.core.secretfile import write_secret
+from virtproof.lab.clusters.install import install_steps
+from virtproof.lab.clusters.ssh import SSHExecutor
+from virtproof.lab.clusters.steps import Executor, Step, StepLog, run_steps
+from virtproof.scenarios.kubevirt import KubeadmHost, KubeadmLab
 
 FLANNEL = "https://github.com/flannel-io/flannel/releases/download/v0.26.4/kube-flannel.yml"
 ADMIN = "/etc/kubernetes/admin.conf"
@@ -135,8 +136,7 @@ class KubeadmCluster:
         result = self.executor(_host_id(plane)).execute(f"cat {shlex.quote(ADMIN)}", None, 30)
         if result.status != 0:
             raise RuntimeError(f"cannot read {ADMIN} on {plane.address}: {result.output[-300:]}")
-        self.kubeconfig.write_text(result.output)
-        self.kubeconfig.chmod(0o600)
+        write_secret(self.kubeconfig, result.output.encode(), replace=True)
         return log
 
     def down(self) -> list[str]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import paramiko
 
-from lab.clusters.steps import Result
+from virtproof.lab.clusters.steps import Result
 
-log = logging.getLogger("lab.clusters")
+log = logging.getLogger("virtproof.lab.clusters")
 
 
 class SSHError(RuntimeError):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-log = logging.getLogger("lab.clusters")
+log = logging.getLogger("virtproof.lab.clusters")
 
 
 class StepFailed(RuntimeError):

@@ -19,14 +19,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
-from lab.images import cpio
-from lab.images.debs import Deb, DebCache, PackageError, resolve_dependency, unpack
-from lab.images.elf import interpreter, load_order, needed_libraries
+from virtproof.lab.images import cpio
+from virtproof.lab.images.debs import Deb, DebCache, PackageError, resolve_dependency, unpack
+from virtproof.lab.images.elf import interpreter, load_order, needed_libraries
 
 BUILDER_VERSION = "1"
-HERE = Path(__file__).parent
+HERE = resources.files(__package__)  # the guest scripts ship as package data beside this module
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib")
 BASE_PACKAGES = [
     "busybox-static",
@@ -223,7 +224,7 @@ def stage_tree(staged: StagedPackages, tree: Path, modules: Sequence[str]) -> st
     ):
         dest = tree / target
         dest.unlink(missing_ok=True)
-        shutil.copyfile(HERE / name, dest)
+        dest.write_bytes(HERE.joinpath(name).read_bytes())
         os.chmod(dest, 0o755)
     (tree / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (tree / "etc/group").write_text("root:x:0:\n")

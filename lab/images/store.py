@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.images.micro import GuestImage, build_micro, cache_root_default, sources_digest
+from virtproof.lab.images.micro import GuestImage, build_micro, cache_root_default, sources_digest
 
 Builder = Callable[..., GuestImage]
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from kubernetes.client.exceptions import ApiException
 
-from lab.kubevirt.resources import DATAVOLUME, MIGRATION_POLICY, RUN_LABEL, VM, VMI, VMIM, Kube, Resource
+from virtproof.lab.kubevirt.resources import DATAVOLUME, MIGRATION_POLICY, RUN_LABEL, VM, VMI, VMIM, Kube, Resource
 
-log = logging.getLogger("lab.kubevirt")
+log = logging.getLogger("virtproof.lab.kubevirt")
 
 # Deletion order: migrations first (cancel), then VMs (their VMIs and DataVolumes follow).
 _NAMESPACED: tuple[Resource, ...] = (VMIM, VM, VMI, DATAVOLUME)

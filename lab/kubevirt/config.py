@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.kubevirt.connect import ConnectOptions
-from lab.kubevirt.manifests import DiskSource
-from lab.platform import GuestAccess
+from virtproof.lab.kubevirt.connect import ConnectOptions
+from virtproof.lab.kubevirt.manifests import DiskSource
+from virtproof.lab.platform import GuestAccess
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ import yaml
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
-from lab.kubevirt.ratelimit import TokenBucket
-from lab.kubevirt.redact import Redactor, kubeconfig_secrets
+from virtproof.lab.kubevirt.ratelimit import TokenBucket
+from virtproof.lab.kubevirt.redact import Redactor, kubeconfig_secrets
 
-log = logging.getLogger("lab.kubevirt")
+log = logging.getLogger("virtproof.lab.kubevirt")
 
 _SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from lab.kubevirt import manifests
-from lab.kubevirt.informer import Informer
-from lab.kubevirt.manifests import DiskSource
-from lab.kubevirt.resources import DATAVOLUME, Obj
-from lab.platform import Capability, PlatformError, require
+from virtproof.lab.kubevirt import manifests
+from virtproof.lab.kubevirt.informer import Informer
+from virtproof.lab.kubevirt.manifests import DiskSource
+from virtproof.lab.kubevirt.resources import DATAVOLUME, Obj
+from virtproof.lab.platform import Capability, PlatformError, require
 
 if TYPE_CHECKING:
-    from lab.kubevirt.platform import KubeVirtPlatform
+    from virtproof.lab.kubevirt.platform import KubeVirtPlatform
 
-log = logging.getLogger("lab.kubevirt")
+log = logging.getLogger("virtproof.lab.kubevirt")
 
 
 class DiskServer:

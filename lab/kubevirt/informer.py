@@ -18,9 +18,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError, ReadTimeoutError
 
-from lab.kubevirt.resources import Kube, Obj, Resource
+from virtproof.lab.kubevirt.resources import Kube, Obj, Resource
 
-log = logging.getLogger("lab.kubevirt")
+log = logging.getLogger("virtproof.lab.kubevirt")
 
 Handler = Callable[[str, Obj, float], None]
 _GONE = 410

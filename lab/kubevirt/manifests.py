@@ -1,7 +1,7 @@
 """Objects the backend sends: VirtualMachine, Service, migration, MigrationPolicy, DataVolume.
 
 Every builder returns a plain dict that validates against the KubeVirt/CDI OpenAPI schema (the
-tests check each builder with ``lab.kubevirt_schema``), and labels it with the run id.
+tests check each builder with ``virtproof.lab.kubevirt.schema``), and labels it with the run id.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from lab.kubevirt.resources import DATAVOLUME, MIGRATION_POLICY, RUN_LABEL, VM, VM_LABEL, VMIM
-from lab.platform import MigrationPolicy, PlatformError, VMSpec
+from virtproof.lab.kubevirt.resources import DATAVOLUME, MIGRATION_POLICY, RUN_LABEL, VM, VM_LABEL, VMIM
+from virtproof.lab.platform import MigrationPolicy, PlatformError, VMSpec
 
 Obj = dict[str, Any]
 

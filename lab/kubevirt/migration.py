@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from lab.kubevirt import manifests
-from lab.kubevirt.resources import MIGRATION_POLICY, VMI, VMIM
-from lab.kubevirt.timeline import parse_time
-from lab.platform import Capability, MigrationPolicy, MigrationResult, PlatformError, require
+from virtproof.lab.kubevirt import manifests
+from virtproof.lab.kubevirt.resources import MIGRATION_POLICY, VMI, VMIM
+from virtproof.lab.kubevirt.timeline import parse_time
+from virtproof.lab.platform import Capability, MigrationPolicy, MigrationResult, PlatformError, require
 
 if TYPE_CHECKING:
-    from lab.kubevirt.platform import KubeVirtPlatform, KubeVirtVM
+    from virtproof.lab.kubevirt.platform import KubeVirtPlatform, KubeVirtVM
 
-log = logging.getLogger("lab.kubevirt")
+log = logging.getLogger("virtproof.lab.kubevirt")
 
 _MODE_CAPS = {"postcopy": Capability.POST_COPY, "auto_converge": Capability.AUTO_CONVERGE}
 _MODES = {"PreCopy": "precopy", "PostCopy": "postcopy"}

@@ -10,21 +10,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 from kubernetes.client.exceptions import ApiException
 
-from lab.kubevirt import manifests, migration
-from lab.kubevirt.config import ImageConfig, KubeVirtConfig
-from lab.kubevirt.connect import Connection, connect
-from lab.kubevirt.informer import Informer
-from lab.kubevirt.keys import RunKeys, run_keys
-from lab.kubevirt.latency import Quantiles, summarize_all
-from lab.kubevirt.manifests import DiskSource
-from lab.kubevirt.preflight import (
+from virtproof.instruments.latency import Quantiles, summarize_all
+from virtproof.lab.kubevirt import manifests, migration
+from virtproof.lab.kubevirt.config import ImageConfig, KubeVirtConfig
+from virtproof.lab.kubevirt.connect import Connection, connect
+from virtproof.lab.kubevirt.informer import Informer
+from virtproof.lab.kubevirt.keys import RunKeys, run_keys
+from virtproof.lab.kubevirt.manifests import DiskSource
+from virtproof.lab.kubevirt.preflight import (
     NAMESPACE_PERMS,
     OPTIONAL,
     POLICY_CAPS,
@@ -34,9 +34,9 @@ from lab.kubevirt.preflight import (
     inspect_cluster,
     require_permissions,
 )
-from lab.kubevirt.resources import RUN_LABEL, VM, VMI, VMIM, Kube, Obj
-from lab.kubevirt.timeline import Recorder, VMRecord
-from lab.platform import (
+from virtproof.lab.kubevirt.resources import RUN_LABEL, VM, VMI, VMIM, Kube, Obj
+from virtproof.lab.kubevirt.timeline import Recorder, VMRecord
+from virtproof.lab.platform import (
     Capability,
     Endpoint,
     GuestAccess,
@@ -48,7 +48,7 @@ from lab.platform import (
     VMSpec,
 )
 
-log = logging.getLogger("lab.kubevirt")
+log = logging.getLogger("virtproof.lab.kubevirt")
 SCHEDULABLE_LABEL = "kubevirt.io/schedulable"
 
 
@@ -87,16 +87,22 @@ class KubeVirtVM:
         return (f"VMI {self.name}: phase={rec.phase or '-'} node={rec.node or '-'} "
                 f"printableStatus={rec.printable_status or '-'} {rec.failure}").strip()
 
+    def alive(self) -> bool:
+        return self.record.phase not in ("Failed", "Succeeded")
+
+    def diagnostics(self) -> str:
+        return self.console_tail()
+
 
 class KubeVirtPlatform:
-    """Implements ``lab.platform.Platform`` and ``MigratablePlatform`` for a KubeVirt cluster."""
+    """Implements ``virtproof.lab.platform.Platform`` and ``MigratablePlatform`` for a KubeVirt cluster."""
 
     def __init__(self, config: KubeVirtConfig, conn: Connection, kube: Kube, facts: ClusterFacts,
                  capabilities: frozenset[Capability], created_namespace: bool) -> None:
         self.config = config
         self.conn = conn
         self.kube = kube
-        self.facts = facts
+        self.cluster_facts = facts
         self.namespace = config.effective_namespace
         self._capabilities = capabilities
         self.created_namespace = created_namespace
@@ -134,7 +140,7 @@ class KubeVirtPlatform:
 
     @staticmethod
     def _capabilities_for(kube: Kube, namespace: str, facts: ClusterFacts) -> frozenset[Capability]:
-        caps = {Capability.BOOT, Capability.HA_RESTART}
+        caps = {Capability.BOOT, Capability.HA_RESTART, Capability.PLATFORM_LATENCIES}
         kube.conn.limiter.acquire()
         nodes = schedulable_nodes(kube.core.list_node().items, {})
         if len(nodes) >= 2:
@@ -170,15 +176,19 @@ class KubeVirtPlatform:
 
     @property
     def accel(self) -> str:
-        return "tcg" if self.facts.use_emulation else "kvm"
+        return "tcg" if self.cluster_facts.use_emulation else "kvm"
 
     @property
     def capabilities(self) -> frozenset[Capability]:
         return self._capabilities
 
     def versions(self) -> dict[str, str]:
-        """For the run manifest: Kubernetes, KubeVirt and (when present) CDI versions."""
-        return self.facts.manifest()
+        """Kubernetes, KubeVirt and (when present) CDI versions."""
+        return self.cluster_facts.manifest()
+
+    def facts(self) -> Mapping[str, object]:
+        """For the run manifest: the cluster's versions."""
+        return {"versions": self.versions()}
 
     def redact(self, text: str) -> str:
         return self.conn.redactor.redact(text)
@@ -217,7 +227,7 @@ class KubeVirtPlatform:
                     access: GuestAccess | None = None, size: str = "2Gi", timeout: float = 900.0) -> str:
         """V2V: serve ``disk`` over HTTP (at ``advertise``, an address the cluster reaches), import
         it into a DataVolume through CDI, and register it as an image; returns the image name."""
-        from lab.kubevirt.importer import import_disk
+        from virtproof.lab.kubevirt.importer import import_disk
 
         import_disk(self, disk, name, advertise=advertise, size=size, timeout=timeout)
         self.register_image(name, ImageConfig(DiskSource(data_volume=name), user=user,
@@ -320,21 +330,12 @@ class KubeVirtPlatform:
     # latencies --------------------------------------------------------------------------
     def latency_quantiles(self) -> list[Quantiles]:
         """kube-burner vmiLatency quantiles (ms) over every VM this platform tracked."""
-        with self.recorder.cond:
-            per_vm = [r.latencies_ms() for r in self.recorder.vms.values()]
-        return summarize_all(per_vm)
+        return summarize_all(self.vm_latencies().values())
 
-    def record_latencies(self, record: Callable[..., object]) -> int:
-        """Record each VM's kube-burner vmiLatency phases as samples ``vmi_latency.<Phase>_ms``
-        (``record`` is the suites' ``record(metric, value, unit, **labels)``); returns how many."""
+    def vm_latencies(self) -> dict[str, dict[str, float]]:
+        """``LatencyReporting``: each VM's kube-burner vmiLatency phases (ms), from the cluster's records."""
         with self.recorder.cond:
-            per_vm = {name: r.latencies_ms() for name, r in self.recorder.vms.items()}
-        count = 0
-        for vm, phases in per_vm.items():
-            for phase, value in phases.items():
-                record(f"vmi_latency.{phase}_ms", value, "ms", vm=vm, time_source="platform")
-                count += 1
-        return count
+            return {name: dict(r.latencies_ms()) for name, r in self.recorder.vms.items()}
 
     # migration --------------------------------------------------------------------------
     def next_migration_name(self, vm: str) -> str:

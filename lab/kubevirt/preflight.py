@@ -14,8 +14,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from lab.kubevirt.resources import CDI, KUBEVIRT, MIGRATION_POLICY, Kube, Obj
-from lab.platform import Capability, PlatformError
+from virtproof.lab.kubevirt.resources import CDI, KUBEVIRT, MIGRATION_POLICY, Kube, Obj
+from virtproof.lab.platform import Capability, PlatformError
 
 
 class ClusterNotReady(PlatformError):

@@ -86,7 +86,7 @@ class Redactor(logging.Filter):
                     handler.addFilter(self)
 
 
-_LOGGERS = ("", "kubernetes", "urllib3", "lab.kubevirt", "lab.clusters")
+_LOGGERS = ("", "kubernetes", "urllib3", "virtproof.lab.kubevirt", "virtproof.lab.clusters")
 
 
 def _variants(secret: str) -> list[str]:

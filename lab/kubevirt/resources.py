@@ -8,7 +8,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from lab.kubevirt.connect import Connection
+from virtproof.lab.kubevirt.connect import Connection
 
 RUN_LABEL = "virtproof.io/run-id"
 VM_LABEL = "virtproof.io/vm"

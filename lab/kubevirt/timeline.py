@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from lab.kubevirt.latency import PHASE_NAMES
-from lab.kubevirt.resources import VM_LABEL, Obj
-from lab.platform import Timeline
+from virtproof.instruments.latency import PHASE_NAMES
+from virtproof.lab.kubevirt.resources import VM_LABEL, Obj
+from virtproof.lab.platform import Timeline
 
 # VMI phase -> timeline event name
 TIMELINE_NAMES = {"Pending": "vmi_pending", "Scheduling": "vmi_scheduling", "Scheduled": "vmi_scheduled",

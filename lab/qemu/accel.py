@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lab.images.micro import GuestImage
-from lab.qemu.process import QEMU, QemuConfig, build_argv
-from lab.qemu.state import boot_id, state_root
+from virtproof.core.processes import boot_id
+from virtproof.core.statedir import state_root
+from virtproof.lab.images.micro import GuestImage
+from virtproof.lab.qemu.process import QEMU, QemuConfig, build_argv
 
 READY_MARK = "virtproof: ready"
 PROBE_TIMEOUT_S = 10.0

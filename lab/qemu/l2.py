@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.qemu.network import NetworkError
-from lab.qemu.state import LabState, NodeState, allocation_lock, free_subnet_index, subnet_addresses, token
+from virtproof.lab.qemu.network import NetworkError
+from virtproof.lab.qemu.state import LabState, NodeState, allocation_lock, free_subnet_index, subnet_addresses, token
 
 NODE_BRIDGE = "vpgbr"  # inside each node namespace
 FIRST_HOST = 10  # guests get .10 .. .250

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.guest import generate_client_key
-from lab.images.debs import PackageError
-from lab.images.store import ImageNotFound, ImageStore
-from lab.qemu.accel import choose_accel, qemu_available
-from lab.qemu.network import (
+from virtproof.core.processes import boot_id, pid_alive, process_cmdline
+from virtproof.lab.guest import generate_client_key
+from virtproof.lab.images.debs import PackageError
+from virtproof.lab.images.store import ImageNotFound, ImageStore
+from virtproof.lab.qemu.accel import choose_accel, qemu_available
+from virtproof.lab.qemu.network import (
     NetworkError,
     create_network,
     destroy_network,
@@ -21,21 +22,18 @@ from lab.qemu.network import (
     netns_supported,
     node_names,
 )
-from lab.qemu.platform import QemuPlatform, client_key_path
-from lab.qemu.process import find_processes, kill_by_pidfile
-from lab.qemu.state import (
+from virtproof.lab.qemu.platform import QemuPlatform, client_key_path
+from virtproof.lab.qemu.process import find_processes, kill_by_pidfile
+from virtproof.lab.qemu.state import (
     LabState,
     NodeState,
     allocation_lock,
-    boot_id,
     free_subnet_index,
     lab_dir,
     list_lab_ids,
-    pid_alive,
-    process_cmdline,
     token,
 )
-from scenarios.model import Guest, QemuLab
+from virtproof.scenarios.model import Guest, QemuLab
 
 Progress = Callable[[str], None]
 

@@ -32,16 +32,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from lab.platform import MigrationPolicy, MigrationResult, PlatformError
-from lab.qemu import l2
-from lab.qemu.network import NetworkError, exec_prefix, set_node_link
-from lab.qemu.process import QemuProcess, TapNic, UserNic
-from lab.qemu.qmp import QMPFailure
+from virtproof.lab.platform import MigrationPolicy, MigrationResult, PlatformError
+from virtproof.lab.qemu import l2
+from virtproof.lab.qemu.network import NetworkError, exec_prefix, set_node_link
+from virtproof.lab.qemu.process import QemuProcess, TapNic, UserNic
+from virtproof.lab.qemu.qmp import QMPFailure
 
 if TYPE_CHECKING:
-    from lab.qemu.platform import QemuPlatform, QemuVM
+    from virtproof.lab.qemu.platform import QemuPlatform, QemuVM
 
-log = logging.getLogger("lab.qemu.migration")
+log = logging.getLogger("virtproof.lab.qemu.migration")
 
 POLL_S = 0.05
 QEMU_DEFAULT_BANDWIDTH = 128 * 1024 * 1024  # qemu 7.2's max-bandwidth default, bytes/s

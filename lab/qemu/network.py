@@ -13,7 +13,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 
-from lab.qemu.state import LabState, NetworkMode, NodeState, subnet_addresses, token
+from virtproof.lab.qemu.state import LabState, NetworkMode, NodeState, subnet_addresses, token
 
 
 class NetworkError(RuntimeError):

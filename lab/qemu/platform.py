@@ -10,13 +10,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.images.micro import GuestImage
-from lab.images.store import ImageStore
-from lab.platform import (
+from virtproof.lab.images.micro import GuestImage
+from virtproof.lab.images.store import ImageStore
+from virtproof.lab.platform import (
     Capability,
     Endpoint,
     GuestAccess,
@@ -27,12 +27,12 @@ from lab.platform import (
     TimelineEvent,
     VMSpec,
 )
-from lab.qemu import l2
-from lab.qemu.migration import Migrator
-from lab.qemu.network import NetworkError, exec_prefix
-from lab.qemu.process import Disk, QemuConfig, QemuProcess, TapNic, UserNic
-from lab.qemu.qmp import QMPFailure, QMPLoop
-from lab.qemu.state import LabState, NodeState
+from virtproof.lab.qemu import l2
+from virtproof.lab.qemu.migration import MigrationProgress, Migrator
+from virtproof.lab.qemu.network import NetworkError, exec_prefix
+from virtproof.lab.qemu.process import Disk, QemuConfig, QemuProcess, TapNic, UserNic, find_processes, wait_gone
+from virtproof.lab.qemu.qmp import QMPFailure, QMPLoop
+from virtproof.lab.qemu.state import LabState, NodeState
 
 USER_NET_GUEST = "vp.ip=10.0.2.15/24 vp.gw=10.0.2.2"
 PORT_BASE = 20000
@@ -46,13 +46,14 @@ CAPABILITIES = frozenset(
         Capability.MIGRATION_BANDWIDTH_LIMIT,
         Capability.MIGRATION_DOWNTIME_LIMIT,
         Capability.NODE_DRAIN,
+        Capability.FAULT_INJECTION,
     }
 )
 
 
 @dataclass
 class QemuVM:
-    """A guest on the qemu lab. Implements ``lab.platform.VM``."""
+    """A guest on the qemu lab. Implements ``virtproof.lab.platform.VM``."""
 
     name: str
     node: str
@@ -80,9 +81,8 @@ class QemuVM:
     def alive(self) -> bool:
         return self.process.alive()
 
-    def host_pid(self) -> int | None:
-        """The qemu process's pid on this host (``lab.hostmetrics.HostProcess``)."""
-        return self.process.pid
+    def diagnostics(self) -> str:
+        return f"qemu: {self.process.stderr_tail()}"
 
 
 def client_key_path(state: LabState) -> Path:
@@ -90,7 +90,7 @@ def client_key_path(state: LabState) -> Path:
 
 
 class QemuPlatform:
-    """Real qemu VMs on network-namespace (or loopback) nodes. Implements ``lab.platform.Platform``."""
+    """Real qemu VMs on network-namespace (or loopback) nodes. Implements ``virtproof.lab.platform.Platform``."""
 
     name = "qemu"
 
@@ -100,7 +100,7 @@ class QemuPlatform:
         self._loop: QMPLoop | None = None
         self._lock = threading.Lock()
         self._vms: dict[str, QemuVM] = {}
-        self.migrations = Migrator(self)
+        self._migrations = Migrator(self)
 
     # --- Platform protocol -----------------------------------------------------------
 
@@ -114,6 +114,9 @@ class QemuPlatform:
 
     def nodes(self) -> Sequence[str]:
         return [n.name for n in self.state.nodes]
+
+    def facts(self) -> Mapping[str, object]:
+        return {"network": self.state.network, "accel_reason": self.state.extra.get("accel_reason")}
 
     def guest_access(self, image: str) -> GuestAccess:
         built = self._image(image)
@@ -198,16 +201,40 @@ class QemuPlatform:
         qvm.process.stop()
         with self._lock:
             self._vms.pop(qvm.name, None)
-        self.migrations.forget(qvm)
+        self._migrations.forget(qvm)
         shutil.rmtree(qvm.directory, ignore_errors=True)
 
     def migrate(self, vm: object, target_node: str, policy: MigrationPolicy) -> MigrationResult:
         """Live-migrate ``vm`` to ``target_node`` (see lab.qemu.migration)."""
-        return self.migrations.migrate(self._own(vm), target_node, policy)
+        return self._migrations.migrate(self._own(vm), target_node, policy)
 
-    def evacuate(self, node: str, timeout: float = 300.0, uncordon_after: bool = True) -> list[MigrationResult]:
+    def evacuate(self, node: str, timeout: float = 300.0) -> list[MigrationResult]:
         """Drain ``node``: live-migrate every VM on it to the other nodes."""
-        return self.migrations.evacuate(node, timeout)
+        return self._migrations.evacuate(node, timeout)
+
+    # --- FaultInjection, HostProcesses ----------------------------------------------------
+
+    def migration_progress(self, vm: object) -> MigrationProgress | None:
+        return self._migrations.progress(self._own(vm).name)
+
+    def kill_destination(self, vm: object) -> None:
+        wait_gone(self._migrations.kill_destination(self._own(vm).name))
+
+    def kill_source(self, vm: object) -> None:
+        wait_gone(self._migrations.kill_source(self._own(vm).name))
+
+    def set_node_link(self, node: str, up: bool) -> None:
+        self._migrations.set_node_link(node, up)
+
+    def migration_leftovers(self, vm: object) -> list[str]:
+        qvm = self._own(vm)
+        current = qvm.process.pid if qvm.process.alive() else None
+        marker = f"guest={qvm.process.cfg.guest_name},"
+        return [f"qemu pid {pid}" for pid in find_processes(marker) if pid != current]
+
+    def host_pid(self, vm: object) -> int | None:
+        """The qemu process's pid on this host."""
+        return self._own(vm).process.pid
 
     def close(self) -> None:
         with self._lock:

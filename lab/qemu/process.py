@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lab.qemu.qmp import QMPConnection, QMPFailure, QMPLoop
-from lab.qemu.state import pid_alive, process_cmdline
+from virtproof.core.processes import pid_alive, process_cmdline
+from virtproof.lab.qemu.qmp import QMPConnection, QMPFailure, QMPLoop
 
 QEMU = "qemu-system-x86_64"
 
@@ -24,6 +28,7 @@ class Disk:
     bus: Literal["virtio", "scsi", "sata", "ide"] = "virtio"
     snapshot: bool = False
     readonly: bool = False
+    boot_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,11 @@ class QemuConfig:
     rng: bool = True
     incoming: str | None = None  # "defer" for a migration destination
     start_paused: bool = True  # -S; a migration destination runs as soon as the stream ends
+    # KubeVirt's device layout on q35: every PCI device behind its own PCIe root port, NICs first
+    # (so the first NIC is enp1s0 in the guest), then disks, then the rng.
+    pcie_root_ports: bool = False
+    graphics: bool = False  # a VGA device, as KubeVirt attaches unless autoattachGraphicsDevice: false
+    no_reboot: bool = True  # a reboot ends the process (the lab); a boot proof lets the guest reboot
     extra_args: tuple[str, ...] = ()
 
     @property
@@ -78,6 +88,48 @@ class QemuConfig:
     @property
     def pidfile(self) -> Path:
         return self.directory / "qemu.pid"
+
+
+def _disk_argv(index: int, disk: Disk, bus: str, scsi_bus: str) -> tuple[list[str], list[str]]:
+    """(-drive args, -device args) of one disk; ``bus`` is the PCI placement (``,bus=rpN`` or "")."""
+    opts = f"file={disk.path},if=none,id=disk{index},format={disk.format}"
+    opts += ",snapshot=on" if disk.snapshot else ""
+    opts += ",readonly=on" if disk.readonly else ""
+    boot = f",bootindex={disk.boot_index}" if disk.boot_index is not None else ""
+    if disk.bus == "virtio":
+        device = f"virtio-blk-pci,drive=disk{index}{bus}{boot}"
+    elif disk.bus == "scsi":
+        device = f"scsi-hd,drive=disk{index},bus={scsi_bus}.0{boot}"
+    elif disk.bus == "sata":
+        device = f"ide-hd,drive=disk{index},bus=ide.{index}{boot}"
+    else:
+        device = f"ide-hd,drive=disk{index}{boot}"
+    return ["-drive", opts], ["-device", device]
+
+
+def _nic_argv(index: int, nic: UserNic | TapNic, bus: str) -> list[str]:
+    if isinstance(nic, UserNic):
+        fwd = "".join(f",hostfwd=tcp:{nic.bind_address}:{h}-:{g}" for h, g in nic.forwards)
+        netdev = f"user,id=net{index}{fwd}"
+    else:
+        netdev = f"tap,id=net{index},ifname={nic.ifname},script=no,downscript=no"
+    mac = f",mac={nic.mac}" if nic.mac else ""
+    return ["-netdev", netdev, "-device", f"{NIC_DEVICES[nic.model]},netdev=net{index}{mac}{bus}"]
+
+
+class _RootPorts:
+    """Hands out PCIe root ports (``,bus=rpN``) in order, or "" when devices sit on the root bus."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.argv: list[str] = []
+
+    def next(self) -> str:
+        if not self.enabled:
+            return ""
+        n = len(self.argv) // 2 + 1
+        self.argv += ["-device", f"pcie-root-port,id=rp{n},bus=pcie.0,chassis={n},slot={n}"]
+        return f",bus=rp{n}"
 
 
 def build_argv(cfg: QemuConfig) -> list[str]:
@@ -100,7 +152,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         "-no-user-config",
         "-display",
         "none",
-        "-no-reboot",
+        *(["-no-reboot"] if cfg.no_reboot else []),
         "-chardev",
         f"file,id=console,path={cfg.console_log}",
         "-serial",
@@ -117,40 +169,56 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         argv += ["-initrd", str(cfg.initrd)]
     if cfg.append:
         argv += ["-append", cfg.append]
-    scsi = False
+    if cfg.graphics:
+        argv += ["-device", "VGA"]
+    ports = _RootPorts(cfg.pcie_root_ports)
+    nics = [_nic_argv(i, nic, ports.next()) for i, nic in enumerate(cfg.nics)] if cfg.pcie_root_ports else []
+    drives: list[str] = []
+    devices: list[str] = []
+    if any(d.bus == "scsi" for d in cfg.disks):
+        devices += ["-device", f"virtio-scsi-pci,id=scsi0{ports.next()}"]
     for i, disk in enumerate(cfg.disks):
-        opts = f"file={disk.path},if=none,id=disk{i},format={disk.format}"
-        opts += ",snapshot=on" if disk.snapshot else ""
-        opts += ",readonly=on" if disk.readonly else ""
-        argv += ["-drive", opts]
-        if disk.bus == "virtio":
-            argv += ["-device", f"virtio-blk-pci,drive=disk{i}"]
-        elif disk.bus == "scsi":
-            if not scsi:
-                argv += ["-device", "virtio-scsi-pci,id=scsi0"]
-                scsi = True
-            argv += ["-device", f"scsi-hd,drive=disk{i},bus=scsi0.0"]
-        elif disk.bus == "sata":
-            argv += ["-device", f"ide-hd,drive=disk{i},bus=ide.{i}"]
-        else:
-            argv += ["-device", f"ide-hd,drive=disk{i}"]
-    for i, nic in enumerate(cfg.nics):
-        if isinstance(nic, UserNic):
-            fwd = "".join(f",hostfwd=tcp:{nic.bind_address}:{h}-:{g}" for h, g in nic.forwards)
-            argv += ["-netdev", f"user,id=net{i}{fwd}"]
-        else:
-            argv += ["-netdev", f"tap,id=net{i},ifname={nic.ifname},script=no,downscript=no"]
-        mac = f",mac={nic.mac}" if nic.mac else ""
-        argv += ["-device", f"{NIC_DEVICES[nic.model]},netdev=net{i}{mac}"]
+        drive, device = _disk_argv(i, disk, ports.next() if disk.bus == "virtio" else "", "scsi0")
+        drives += drive
+        devices += device
+    if not cfg.pcie_root_ports:
+        nics = [_nic_argv(i, nic, "") for i, nic in enumerate(cfg.nics)]
+    rng: list[str] = []
     if cfg.rng:
-        argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]
+        rng = ["-object", "rng-random,id=rng0,filename=/dev/urandom"]
+        rng += ["-device", f"virtio-rng-pci,rng=rng0{ports.next()}"]
+    if cfg.pcie_root_ports:
+        argv += ports.argv + [a for n in nics for a in n] + drives + devices
+    else:
+        argv += drives + devices + [a for n in nics for a in n]
+    argv += rng
     if cfg.incoming:
         argv += ["-incoming", cfg.incoming]
     return argv + list(cfg.extra_args)
 
 
+_STARTED: weakref.WeakSet[QemuProcess] = weakref.WeakSet()
+_STARTED_LOCK = threading.Lock()
+
+
+def kill_all_started() -> int:
+    """SIGKILL every qemu this process started that still runs (for signal handlers); how many."""
+    with _STARTED_LOCK:
+        procs = [p for p in _STARTED if p.alive()]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.popen.kill()
+    return len(procs)
+
+
+def die_with_parent() -> list[str]:
+    """A launch prefix that makes qemu die with the thread that started it, even on SIGKILL."""
+    return ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+
+
 class QemuProcess:
-    """A started qemu, paused (-S) until ``resume``; owns its QMP connection."""
+    """A started qemu (paused with -S until ``resume``, unless its config says otherwise); owns its QMP
+    connection. Used by the lab's VMs, their migration destinations, and the premigrate boot proof."""
 
     def __init__(self, cfg: QemuConfig, loop: QMPLoop, prefix: Sequence[str] = ()) -> None:
         self.cfg = cfg
@@ -160,6 +228,8 @@ class QemuProcess:
         self.popen = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr, start_new_session=True
         )
+        with _STARTED_LOCK:
+            _STARTED.add(self)
         # The pid file holds qemu's pid even when started through `ip netns exec` (which execs).
         (cfg.directory / "qemu.pid.spawned").write_text(str(self.popen.pid))
         self.qmp = QMPConnection(loop, cfg.guest_name)
@@ -206,6 +276,16 @@ class QemuProcess:
         self._stderr.close()
 
 
+def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    """Wait until ``pid`` has exited (or is a zombie); False if it is still there after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def kill_by_pidfile(pidfile: Path, marker: str) -> int | None:
     """Kill the process in ``pidfile`` if its command line carries ``marker``; return its pid."""
     try:
@@ -215,10 +295,7 @@ def kill_by_pidfile(pidfile: Path, marker: str) -> int | None:
     if not pid_alive(pid) or marker not in process_cmdline(pid):
         return None
     os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        if not pid_alive(pid):
-            break
-        time.sleep(0.02)
+    wait_gone(pid, 2.0)
     return pid
 
 

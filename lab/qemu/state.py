@@ -2,7 +2,7 @@
 
 ``<state root>/labs/<lab-id>/lab.json`` describes the lab (nodes, addresses, owner process);
 ``vms/<vm>/`` holds each VM's pid file, QMP socket, console log and scratch disks. The state
-root is ``$VIRTPROOF_STATE`` or ``/tmp/virtproof``. Names on the host carry the lab id:
+root is ``virtproof.core.statedir.state_root()`` (private, owner-checked). Names on the host carry the lab id:
 network namespaces ``vp-<lab-id>-n<i>``, qemu ``-name guest=vp-<lab-id>-<vm>``, and links
 ``vp*<token>*`` where token is a 6-hex digest of the lab id (interface names are short).
 """
@@ -20,39 +20,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from virtproof.core.processes import boot_id, pid_alive
+from virtproof.core.statedir import state_root
+
 NetworkMode = Literal["netns", "loopback"]
 SUBNETS = 512  # /24s inside 198.18.0.0/15 (RFC 2544 benchmarking range)
 
 
-def state_root() -> Path:
-    return Path(os.environ.get("VIRTPROOF_STATE") or "/tmp/virtproof-state")
-
-
 def token(lab_id: str) -> str:
     return hashlib.sha1(lab_id.encode()).hexdigest()[:6]
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def process_cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @dataclass(frozen=True)

@@ -16,20 +16,16 @@ from typing import Any
 
 import yaml
 
-from lab import kubevirt_schema
-from tests.fakekube.controller import NODE, Controller
-from tests.fakekube.guests import GuestRunner, NoGuest
-from tests.fakekube.proxy import NodePortProxy
-from tests.fakekube.server import FakeApiServer
-from tests.fakekube.store import Store
+from virtproof.lab.kubevirt import schema as kubevirt_schema
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "kubevirt"
-KUBEVIRT_VERSION = "v1.5.2"
-CDI_VERSION = "v1.61.1"
+from fakekube.controller import NODE, Controller
+from fakekube.guests import GuestRunner, NoGuest
+from fakekube.proxy import NodePortProxy
+from fakekube.server import FakeApiServer
+from fakekube.store import Store
 
-
-def shared_dir() -> Path | None:
-    return SHARED if (SHARED / "kubevirt-openapi.json").is_file() else None
+KUBEVIRT_VERSION = "v1.9.0"
+CDI_VERSION = "v1.66.0"
 
 
 class FakeCluster:
@@ -37,10 +33,7 @@ class FakeCluster:
                  cdi: bool = True, allow_postcopy: bool = False, use_emulation: bool = True,
                  download_dir: Path | None = None, kubevirt_available: bool = True,
                  node_names: list[str] | None = None, controllers: bool = True) -> None:
-        shared = shared_dir()
-        if shared is None:
-            raise FileNotFoundError(f"{SHARED}: KubeVirt schemas not found")
-        kubevirt_schema.load_schemas(shared)
+        kubevirt_schema.load_schemas()
         self.token = "vp-test-token-" + secrets.token_hex(16)
         self.store = Store()
         self.api = FakeApiServer(self.store, self.token)
@@ -124,5 +117,5 @@ class FakeCluster:
 
 
 def _kind(plural: str) -> Any:
-    from tests.fakekube.server import KINDS
+    from fakekube.server import KINDS
     return next(k for k in KINDS if k.plural == plural)

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.fakekube.guests import GuestRequest, GuestRunner, MigrationCancelled
-from tests.fakekube.proxy import NodePortProxy
-from tests.fakekube.store import Change, NotFound, Obj, Store, matches, now_rfc3339
+from fakekube.guests import GuestRequest, GuestRunner, MigrationCancelled
+from fakekube.proxy import NodePortProxy
+from fakekube.store import Change, NotFound, Obj, Store, matches, now_rfc3339
 
 VM = "kubevirt.io/v1/virtualmachines"
 VMI = "kubevirt.io/v1/virtualmachineinstances"

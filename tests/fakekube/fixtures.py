@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lab.kubevirt.config import ImageConfig, KubeVirtConfig
-from lab.kubevirt.connect import ConnectOptions
-from lab.kubevirt.manifests import DiskSource
-from lab.kubevirt.platform import KubeVirtPlatform
-from tests.fakekube import FakeCluster
+from virtproof.lab.kubevirt.config import ImageConfig, KubeVirtConfig
+from virtproof.lab.kubevirt.connect import ConnectOptions
+from virtproof.lab.kubevirt.manifests import DiskSource
+from virtproof.lab.kubevirt.platform import KubeVirtPlatform
+
+from fakekube import FakeCluster
 
 FEDORA = ImageConfig(DiskSource(container_disk="quay.io/containerdisks/fedora:41"), user="fedora")
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from lab.platform import MigrationPolicy, VMSpec
-from lab.qemu.platform import QemuPlatform, QemuVM
-from tests.fakekube.guests import GuestRequest, MigrationCancelled
+from virtproof.lab.platform import MigrationPolicy, VMSpec
+from virtproof.lab.qemu.platform import QemuPlatform, QemuVM
+
+from fakekube.guests import GuestRequest, MigrationCancelled
 
 
 class QemuGuests:

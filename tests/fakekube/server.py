@@ -2,7 +2,7 @@
 
 It serves discovery, CRUD, list and watch (a chunked stream of JSON events), merge patches,
 SelfSubjectAccessReviews and the pod eviction subresource. Every KubeVirt/CDI object written
-is validated against ``../shared/kubevirt`` (``lab.kubevirt_schema``); an invalid one is
+is validated against ``../shared/kubevirt`` (``virtproof.lab.kubevirt.schema``); an invalid one is
 rejected with 422 like an API server with strict validation. Requests need the bearer token.
 """
 
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from lab import kubevirt_schema
-from tests.fakekube.store import Conflict, NotFound, Obj, Store
+from virtproof.lab.kubevirt import schema as kubevirt_schema
+
+from fakekube.store import Conflict, NotFound, Obj, Store
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reports.results import NotARunDirectory
-from virtproof.errors import EXIT_OK, UsageError
+from virtproof.core.errors import EXIT_OK, UsageError
+from virtproof.reports.results import NotARunDirectory
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reports.compare import render_comparison  # pandas and matplotlib: only when comparing
+    from virtproof.reports.compare import render_comparison  # pandas and matplotlib: only when comparing
 
     paths = [*args.runs, *([args.baseline] if args.baseline else [])]
     for path in paths:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.console import Console
+from rich.text import Text
 
-from lab.images.debs import PackageError
-from lab.images.store import BUILDERS, ImageNotFound, ImageStore
-from virtproof.errors import EXIT_OK, UsageError
+from virtproof.core.errors import EXIT_OK, UsageError
+from virtproof.lab.images.debs import PackageError
+from virtproof.lab.images.store import BUILDERS, ImageNotFound, ImageStore
+from virtproof.terminal import status_updater, stderr_console
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,11 +25,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
-    console = Console(stderr=True, highlight=False)
+    console = stderr_console()
     store = ImageStore.default()
     try:
-        with console.status(f"building {args.name}") as status:
-            image = store.build(args.name, rebuild=args.rebuild, progress=lambda m: status.update(m))
+        with console.status(Text(f"building {args.name}")) as status:
+            image = store.build(args.name, rebuild=args.rebuild, progress=status_updater(status))
     except ImageNotFound as exc:
         raise UsageError(str(exc)) from None
     except PackageError as exc:

@@ -10,18 +10,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
-from lab.factory import (
+from virtproof.core.errors import EXIT_OK, LabUnavailable, UsageError
+from virtproof.lab.factory import (
     forget_persistent,
     leftovers_cleaners,
     open_lab,
     persistent_lab_id,
     remember_persistent,
 )
-from reports.results import new_run_id
-from scenarios.model import LoadedScenario, ScenarioError, load_scenario
-from virtproof.errors import EXIT_OK, LabUnavailable, UsageError
+from virtproof.reports.results import new_run_id
+from virtproof.scenarios.model import LoadedScenario, ScenarioError, load_scenario
+from virtproof.terminal import status_updater, stderr_console
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,10 +53,10 @@ def up(args: argparse.Namespace) -> int:
         return EXIT_OK
     lab_id = f"{loaded.scenario.name}-{new_run_id()}"
     handle = open_lab(loaded.scenario, lab_id, persistent=True)
-    console = Console(stderr=True, highlight=False)
+    console = stderr_console()
     try:
         with console.status("bringing the lab up") as st:
-            platform = handle.up(lambda m: st.update(m))
+            platform = handle.up(status_updater(st))
     except RuntimeError as exc:
         raise LabUnavailable(str(exc)) from None
     platform.close()

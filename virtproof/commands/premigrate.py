@@ -22,14 +22,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from lab.kubevirt_schema import SchemaSet, SchemaUnavailable, load_schemas
-from lab.v2v.bootproof import stop_all
-from lab.v2v.gfs import guestfs_environment
-from lab.v2v.imagefile import BadSource
-from lab.v2v.pipeline import Options, SourceReport, precheck, validate_source
-from lab.v2v.verdict import VERDICT_VALUE
-from reports.results import RunDirectory, SampleSink, new_run_id
-from virtproof.errors import EXIT_FAILED, EXIT_OK, UsageError
+from virtproof.core.errors import EXIT_FAILED, EXIT_OK, UsageError
+from virtproof.lab.kubevirt.schema import bundled_releases
+from virtproof.premigrate.bootproof import stop_all
+from virtproof.premigrate.gfs import guestfs_environment
+from virtproof.premigrate.imagefile import BadSource
+from virtproof.premigrate.pipeline import Options, SourceReport, precheck, validate_source
+from virtproof.premigrate.record import record_samples, write_verdict
+from virtproof.reports.results import RunDirectory, new_run_id
+from virtproof.scenarios.kubevirt import KUBEVIRT_VERSION
 
 
 def register(subparsers: Any) -> None:
@@ -55,7 +56,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--boot-timeout", type=float, default=300.0, metavar="S")
     p.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest memory for the boot proof")
     p.add_argument("--no-bare", action="store_true", help="skip the bare qemu-img convert yardstick")
-    p.add_argument("--kubevirt-schemas", type=Path, default=None, help="dir with kubevirt-openapi.json")
+    p.add_argument(
+        "--kubevirt-version",
+        choices=bundled_releases("kubevirt"),
+        default=KUBEVIRT_VERSION,
+        help=f"KubeVirt release whose schema the generated manifests must match (default {KUBEVIRT_VERSION})",
+    )
     p.set_defaults(func=run)
 
 
@@ -68,40 +74,6 @@ def _versions() -> dict[str, str]:
         except (FileNotFoundError, subprocess.TimeoutExpired):
             out[tool] = "absent"
     return out
-
-
-def record_samples(sink: SampleSink, report: SourceReport, target: str) -> None:
-    labels = {
-        "source": report.name,
-        "kind": report.kind,
-        "target": target,
-        "format": report.image.format if report.image else "unknown",
-        "verdict": report.verdict,
-    }
-    for stage, seconds in report.timings.items():
-        sink.record(f"v2v.{stage}_s", seconds, "s", **labels)
-    if report.conversion:
-        sink.record("v2v.convert_mib_s", report.conversion.mib_per_s, "MiB/s", **labels)
-        if report.bare_convert_s:
-            bare = report.conversion.virtual_mib / report.bare_convert_s
-            sink.record("v2v.bare_convert_mib_s", bare, "MiB/s", **labels)
-            sink.record(
-                "v2v.convert_vs_bare_pct", 100.0 * report.conversion.mib_per_s / bare if bare else 0, "%", **labels
-            )
-    if report.boot:
-        for milestone, seconds in report.boot.milestones.items():
-            sink.record(f"v2v.boot.{milestone}_s", seconds, "s", **labels)
-    for severity in ("critical", "warning", "info"):
-        count = sum(1 for f in report.findings if f.severity == severity)
-        sink.record("v2v.findings", count, "count", severity=severity, **labels)
-    sink.record("v2v.verdict", VERDICT_VALUE.get(report.verdict, 2), "code", **labels)  # type: ignore[call-overload]
-
-
-def write_verdict(report: SourceReport, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{report.name}.verdict.json"
-    path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-    return path
 
 
 def _summary_line(report: SourceReport) -> str:
@@ -136,12 +108,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("two sources share a name; rename one (outputs are named after the source)")
     if args.jobs < 0:
         raise UsageError("--jobs must be 0 (auto) or more")
-    schemas: SchemaSet | None = None
-    if args.target == "kubevirt":
-        try:
-            schemas = load_schemas(args.kubevirt_schemas)
-        except SchemaUnavailable as exc:
-            raise UsageError(f"{exc} (use --kubevirt-schemas DIR)") from None
     if args.fix:
         args.fix.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id()
@@ -171,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         memory_mib=args.memory,
         measure_bare=not args.no_bare,
         manifest_dir=verdict_dir,
+        kubevirt_release=args.kubevirt_version,
     )
     verdict_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"vp-v2v-{run_id}-"))
@@ -185,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
                 source,
                 workdir,
                 options,
-                schemas,
                 progress=lambda m: print(f"premigrate: {m}", file=sys.stderr, flush=True),
             )
         finally:

@@ -7,11 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
-from reports.results import new_run_id
-from scenarios.model import LoadedScenario, ScenarioError, load_scenario
-from virtproof.errors import EXIT_SIGINT, EXIT_SIGTERM, UsageError
+from virtproof.core.errors import EXIT_SIGINT, EXIT_SIGTERM, UsageError
+from virtproof.reports.results import new_run_id
+from virtproof.scenarios.model import LoadedScenario, ScenarioError, load_scenario
+from virtproof.terminal import sayer, stderr_console
 
 if TYPE_CHECKING:
     from virtproof.run import RunOptions
@@ -43,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def main(args: argparse.Namespace) -> int:
     from virtproof.run import RunOptions, execute  # pytest and the lab: only when running
 
-    console = Console(stderr=True, highlight=False)
+    say = sayer(stderr_console())
     try:
         loaded = load_scenario(args.scenario)
     except ScenarioError as exc:
@@ -61,15 +60,9 @@ def main(args: argparse.Namespace) -> int:
         pytest_args=tuple(args.pytest_args),
     )
 
-    def say(msg: str) -> None:
-        console.print(f"[bold cyan]virtproof[/] {msg}")
-
-    try:
-        if loaded.scenario.labs:
-            return _bake_off(loaded, options, say)
-        outcome = execute(loaded, options, say)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    if loaded.scenario.labs:
+        return _bake_off(loaded, options, say)
+    outcome = execute(loaded, options, say)
     say(f"run {outcome.status} (exit {outcome.exit_code})")
     print(outcome.run_dir, flush=True)
     return outcome.exit_code
@@ -77,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _bake_off(loaded: LoadedScenario, options: RunOptions, say: Callable[[str], None]) -> int:
     """The scenario on each of its ``labs``, then one comparison of the runs."""
-    from reports.compare import render_comparison
+    from virtproof.reports.compare import render_comparison
     from virtproof.run import execute, for_lab
 
     outcomes = []

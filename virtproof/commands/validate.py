@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scenarios.model import ScenarioError, load_scenario
-from virtproof.errors import EXIT_OK, EXIT_USAGE
+from virtproof.core.errors import EXIT_OK, EXIT_USAGE
+from virtproof.scenarios.model import ScenarioError, load_scenario
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

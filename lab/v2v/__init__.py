@@ -1,1 +1,0 @@
-"""Pre-migration validation: inspect, convert and prove-boot source disks (``virtproof premigrate``)."""

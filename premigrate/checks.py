@@ -1,0 +1,228 @@
+"""Rules: from inspection facts to findings (pure; no guest access)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from virtproof.premigrate.findings import Finding, Severity, sort_findings
+from virtproof.premigrate.imagefile import FORMAT_NAMES, ImageFacts
+from virtproof.premigrate.inspect import GuestFacts, Inspection
+
+DiskBus = Literal["virtio", "scsi"]
+Target = Literal["qemu", "kubevirt"]
+_OLD_DISK = re.compile(r"^/dev/(sd[a-z]+|hd[a-z]+|xvd[a-z]+)\d*$")
+
+
+def disk_driver(bus: DiskBus) -> str:
+    return "virtio_blk" if bus == "virtio" else "virtio_scsi"
+
+
+def image_findings(image: ImageFacts) -> list[Finding]:
+    mib = 1024 * 1024
+    out = [
+        Finding(
+            "image-format",
+            "info",
+            f"{FORMAT_NAMES.get(image.format, image.format)}"
+            f"{' (' + image.subformat + ')' if image.subformat else ''}, "
+            f"{image.virtual_size // mib} MiB virtual, {image.actual_size // mib} MiB allocated",
+        ),
+    ]
+    if image.backing_chain:
+        out.append(
+            Finding(
+                "backing-chain",
+                "warning",
+                f"the image has a backing chain: {' -> '.join(image.backing_chain)}",
+                "conversion flattens it; import the converted disk, not the chain",
+                True,
+            )
+        )
+    if image.encrypted:
+        out.append(
+            Finding(
+                "encrypted",
+                "critical",
+                "the image is encrypted: it cannot be inspected or converted",
+                "decrypt it first (qemu-img convert with --object secret)",
+            )
+        )
+    if image.stream_optimized:
+        out.append(
+            Finding(
+                "stream-optimized",
+                "info",
+                "streamOptimized VMDK (compressed): it is read-only to hypervisors",
+                "conversion to qcow2/raw is required and done",
+                True,
+            )
+        )
+    return out
+
+
+def guest_findings(facts: GuestFacts, bus: DiskBus, target: Target) -> list[Finding]:
+    out: list[Finding] = []
+    if facts.os_type == "windows":
+        return [
+            Finding(
+                "unsupported-os",
+                "critical",
+                f"Windows guest ({facts.product}): virtproof inspects but does not convert or boot Windows",
+                "use virt-v2v with virtio-win drivers and verify by hand",
+            )
+        ]
+    if facts.os_type != "linux":
+        return [Finding("unsupported-os", "critical", f"unsupported OS type {facts.os_type!r}")]
+    out.append(
+        Finding(
+            "os",
+            "info",
+            f"{facts.product} ({facts.distro} {facts.version}, {facts.arch}), "
+            f"hostname {facts.hostname or '?'}, kernel {facts.kernel_version or '?'}, init {facts.init_system}",
+        )
+    )
+    if facts.arch not in ("x86_64", "amd64"):
+        out.append(Finding("arch", "critical", f"architecture {facts.arch} is not x86_64"))
+    if facts.firmware == "uefi":
+        out.append(
+            Finding(
+                "firmware-uefi",
+                "info" if target == "qemu" else "warning",
+                "an EFI system partition: the guest boots with UEFI",
+                "the VirtualMachine needs spec.domain.firmware.bootloader.efi (generated)",
+            )
+        )
+    else:
+        out.append(
+            Finding(
+                "firmware-bios",
+                "info",
+                f"BIOS boot ({facts.partition_table} partition table, {facts.boot.loader} boot loader)",
+            )
+        )
+    if facts.boot.loader == "none":
+        out.append(Finding("no-bootloader", "warning", "no extlinux or GRUB configuration found"))
+    driver = disk_driver(bus)
+    needed = ["virtio_pci", driver, "virtio_net"]
+    for module in needed:
+        state = facts.modules.get(module, "missing")
+        if state == "missing":
+            out.append(
+                Finding(
+                    f"driver-missing-{module}",
+                    "critical",
+                    f"kernel {facts.kernel_version} has no {module} (neither built in nor a module)",
+                    "install a kernel with virtio drivers before the move",
+                )
+            )
+    for module in ("virtio_pci", driver):
+        state = facts.modules.get(module, "missing")
+        if state == "module" and module not in facts.initramfs_modules:
+            where = facts.initramfs_path or "no initramfs found"
+            out.append(
+                Finding(
+                    f"initramfs-missing-{module}",
+                    "critical",
+                    f"{module} is a module but not in the initramfs ({where}): "
+                    f"the root disk will not be found on {bus}",
+                    f"add {module} to the initramfs and rebuild it",
+                    facts.initramfs_tool != "none",
+                )
+            )
+    if facts.initramfs_error:
+        out.append(
+            Finding("initramfs-unreadable", "warning", f"cannot list {facts.initramfs_path}: {facts.initramfs_error}")
+        )
+    for entry in facts.fstab:
+        if _OLD_DISK.match(entry.spec):
+            out.append(
+                Finding(
+                    "fstab-device-name",
+                    "critical",
+                    f"/etc/fstab mounts {entry.mountpoint} from {entry.spec}: on virtio-blk disks are /dev/vdX",
+                    f"use UUID= or LABEL= for {entry.mountpoint}",
+                    True,
+                )
+            )
+    root = facts.boot.root_spec
+    if root and _OLD_DISK.match(root):
+        out.append(
+            Finding(
+                "bootloader-device-name",
+                "critical",
+                f"the boot loader passes root={root} ({facts.boot.config_path}): on virtio-blk it is /dev/vdX",
+                "pass root=UUID=...",
+                True,
+            )
+        )
+    out.extend(_network_findings(facts))
+    if "qemu-guest-agent" not in facts.agents:
+        out.append(
+            Finding(
+                "no-qemu-guest-agent",
+                "warning" if target == "kubevirt" else "info",
+                "qemu-guest-agent is not installed: KubeVirt's AgentConnected condition and guest info will be missing",
+                "install qemu-guest-agent in the guest",
+            )
+        )
+    for tools in ("vmware-tools", "hyperv-daemons"):
+        if tools in facts.agents:
+            out.append(
+                Finding(
+                    f"{tools}-present",
+                    "warning",
+                    f"{tools} installed: useless after the move",
+                    f"remove {tools} after the move",
+                )
+            )
+    return out
+
+
+def _network_findings(facts: GuestFacts) -> list[Finding]:
+    nics = [n for n in facts.nics if n.configures_ip]
+    if not facts.nics:
+        return [
+            Finding(
+                "network-none",
+                "info" if facts.init_system == "micro" else "warning",
+                "no network configuration found in the guest"
+                + (" (the micro guest configures eth0 itself)" if facts.init_system == "micro" else ""),
+            )
+        ]
+    out: list[Finding] = []
+    portable = [n for n in nics if n.matches_target(facts.eth_names)]
+    for nic in facts.nics:
+        if nic.mac and nic.name is None:
+            out.append(
+                Finding(
+                    "network-mac-bound",
+                    "warning",
+                    f"{nic.path} ({nic.tool}) is bound to MAC {nic.mac}: the new NIC has another MAC unless it is kept",
+                    "keep the MAC in the VM (--keep-mac) or drop the binding",
+                    True,
+                )
+            )
+        elif not nic.matches_target(facts.eth_names):
+            severity: Severity = "warning" if portable else "critical"
+            out.append(
+                Finding(
+                    "network-name-pinned",
+                    severity,
+                    f"{nic.path} ({nic.tool}) configures interface {nic.name!r}: the virtio NIC will be "
+                    "named differently (enp1s0 on q35), so it gets no network",
+                    "match any en*/eth* interface (or the new name)",
+                    True,
+                )
+            )
+    return out
+
+
+def findings_for(inspection: Inspection, bus: DiskBus, target: Target) -> list[Finding]:
+    out = image_findings(inspection.image)
+    if inspection.guest is None:
+        if not inspection.image.encrypted:
+            out.append(Finding("no-os", "critical", f"inspection failed: {inspection.error}"))
+    else:
+        out.extend(guest_findings(inspection.guest, bus, target))
+    return sort_findings(out)

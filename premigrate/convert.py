@@ -1,0 +1,78 @@
+"""Conversion: ``qemu-img convert`` to the target format with its throughput, a bare
+``qemu-img convert`` of the same file as the yardstick, and ``virt-v2v -o local``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtproof.premigrate.gfs import guestfs_environment
+
+MIB = 1024 * 1024
+
+
+class ConversionError(RuntimeError):
+    """qemu-img or virt-v2v failed; the message carries the tool's last error line."""
+
+
+@dataclass(frozen=True)
+class Conversion:
+    output: Path
+    format: str
+    seconds: float
+    virtual_mib: float
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.virtual_mib / self.seconds if self.seconds > 0 else 0.0
+
+
+def _convert_argv(src: Path, src_fmt: str, dst: Path, dst_fmt: str) -> list[str]:
+    # -W: out-of-order writes; -U: do not take the source's lock (opened read-only anyway).
+    return ["qemu-img", "convert", "-U", "-W", "-f", src_fmt, "-O", dst_fmt, str(src), str(dst)]
+
+
+def _run(argv: list[str], what: str, timeout: float) -> float:
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    if proc.returncode != 0:
+        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["(no output)"]
+        errors = [line.strip() for line in lines if "error:" in line] or lines[-1:]
+        raise ConversionError(f"{what} failed: {errors[0]}")
+    return time.monotonic() - started
+
+
+def qemu_img_convert(
+    src: Path, src_fmt: str, dst: Path, dst_fmt: str, virtual_size: int, timeout: float = 1800
+) -> Conversion:
+    seconds = _run(_convert_argv(src, src_fmt, dst, dst_fmt), "qemu-img convert", timeout)
+    return Conversion(dst, dst_fmt, seconds, virtual_size / MIB)
+
+
+def bare_convert_seconds(src: Path, src_fmt: str, dst_fmt: str, scratch: Path, timeout: float = 1800) -> float:
+    """The yardstick: the same ``qemu-img convert`` straight to a scratch file, then removed."""
+    out = scratch / f"bare.{dst_fmt}"
+    try:
+        return _run(
+            ["qemu-img", "convert", "-U", "-W", "-f", src_fmt, "-O", dst_fmt, str(src), str(out)],
+            "bare qemu-img convert",
+            timeout,
+        )
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def virt_v2v_local(source: Path, kind: str, outdir: Path, name: str, timeout: float = 1800) -> tuple[Path, float]:
+    """``virt-v2v -i disk|ova SOURCE -o local -of qcow2``; returns the converted disk and seconds."""
+    if shutil.which("virt-v2v") is None:
+        raise ConversionError("virt-v2v is not installed (apt-get install virt-v2v nbdkit libnbd-bin)")
+    guestfs_environment()
+    argv = ["virt-v2v", "-i", kind, str(source), "-o", "local", "-os", str(outdir), "-of", "qcow2", "-on", name]
+    seconds = _run(argv, "virt-v2v", timeout)
+    disk = outdir / f"{name}-sda"
+    if not disk.exists():
+        raise ConversionError(f"virt-v2v wrote no {disk.name} in {outdir}")
+    return disk, seconds
