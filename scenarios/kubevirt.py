@@ -7,6 +7,7 @@ client-side rate limits, and the images VMs boot from.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -20,6 +21,11 @@ KUBERNETES_VERSION = "1.34"
 KIND_NODE_IMAGE = "kindest/node:v1.34.0"
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Values that end up in shell commands (kind, kubeadm over SSH) are typed: these patterns admit no
+# shell metacharacter, and the commands quote them as well.
+_HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^[0-9a-fA-F:.]+$"  # a DNS name or an IP address
+_USER = r"^[a-z_][a-z0-9_-]{0,31}$"
+_IMAGE = r"^[a-z0-9][a-z0-9./_:@-]{0,254}$"  # an OCI image reference
 _VERSION = r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$"
 
 
@@ -31,12 +37,12 @@ class ImageSource(Strict):
     SSH key and a pinned host key are injected, and the HTTP responder is started from it.
     """
 
-    container_disk: str | None = None
-    http: str | None = Field(None, pattern=r"^https?://")
-    user: str = Field("root", min_length=1)
+    container_disk: str | None = Field(None, pattern=_IMAGE)
+    http: str | None = Field(None, pattern=r"^https?://[^\s'\"`$;|&<>()\\]+$")
+    user: str = Field("root", pattern=_USER)
     cloud_init: bool = True
     disk_size: str = Field("1Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
-    storage_class: str | None = None
+    storage_class: str | None = Field(None, pattern=_NAME, max_length=253)
     private_key: str | None = Field(None, description="for images without cloud-init: the login key")
     host_key: str | None = Field(None, description="for images without cloud-init: 'ssh-ed25519 AAAA...'")
 
@@ -56,7 +62,7 @@ class KubeAccess(Strict):
     qps: float = Field(20.0, gt=0, le=10_000)
     burst: int = Field(20, ge=1, le=10_000)
     node_address: str | None = Field(
-        None, description="address to reach NodePorts on; default: each node's InternalIP"
+        None, pattern=_HOST, description="address to reach NodePorts on; default: each node's InternalIP"
     )
     require_cdi: bool = False
     images: dict[str, ImageSource] = Field(
@@ -81,7 +87,7 @@ class KindLab(KubeAccess):
     kind: Literal["kind"]
     cluster_name: str = Field("virtproof", pattern=_NAME, max_length=40)
     nodes: int = Field(2, ge=1, le=8, description="1 control plane + nodes-1 workers")
-    node_image: str = KIND_NODE_IMAGE
+    node_image: str = Field(KIND_NODE_IMAGE, pattern=_IMAGE)
     kubevirt_version: str = Field(KUBEVIRT_VERSION, pattern=_VERSION)
     cdi_version: str = Field(CDI_VERSION, pattern=_VERSION)
     emulation: Literal["auto", "on", "off"] = Field(
@@ -93,8 +99,8 @@ class KindLab(KubeAccess):
 
 
 class KubeadmHost(Strict):
-    address: str = Field(min_length=1)
-    user: str = Field("root", min_length=1)
+    address: str = Field(pattern=_HOST)
+    user: str = Field("root", pattern=_USER)
     key: str = Field(min_length=1, description="path to the SSH private key")
     port: int = Field(22, ge=1, le=65535)
     role: Literal["control-plane", "worker"] = "worker"
@@ -108,6 +114,14 @@ class KubeadmLab(KubeAccess):
     hosts: list[KubeadmHost] = Field(min_length=1)
     kubernetes_version: str = Field(KUBERNETES_VERSION, pattern=r"^\d+\.\d+$")
     pod_cidr: str = "10.244.0.0/16"
+
+    @field_validator("pod_cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_network(value, strict=True))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a network such as 10.244.0.0/16") from None
     cni: Literal["flannel"] = "flannel"
     kubevirt_version: str = Field(KUBEVIRT_VERSION, pattern=_VERSION)
     cdi_version: str = Field(CDI_VERSION, pattern=_VERSION)

@@ -7,6 +7,7 @@ unless ``keep: true``.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -49,13 +50,14 @@ class KindCluster:
 
     def steps(self, use_emulation: bool) -> list[Step]:
         config = yaml.safe_dump(kind_config(self.spec, mount_kvm=not use_emulation), sort_keys=False)
-        kubectl = f"kubectl --kubeconfig {self.kubeconfig}"
-        name = self.spec.cluster_name
+        kubeconfig = shlex.quote(str(self.kubeconfig))
+        kubectl = f"kubectl --kubeconfig {kubeconfig}"
+        name = shlex.quote(self.spec.cluster_name)
         return [
             Step("kind-create",
-                 f"kind create cluster --name {name} --config - --kubeconfig {self.kubeconfig} --wait 5m",
+                 f"kind create cluster --name {name} --config - --kubeconfig {kubeconfig} --wait 5m",
                  stdin=config, retries=1, timeout_s=900,
-                 check=f"kind get clusters 2>/dev/null | grep -qx {name} && test -s {self.kubeconfig}"),
+                 check=f"kind get clusters 2>/dev/null | grep -qx {name} && test -s {kubeconfig}"),
             *install_steps(kubectl, self.spec.kubevirt_version, self.spec.cdi_version, use_emulation),
         ]
 
@@ -87,5 +89,5 @@ class KindCluster:
     def down(self) -> list[str]:
         if self.spec.keep or shutil.which("kind") is None:
             return []
-        result = LocalExecutor().execute(f"kind delete cluster --name {self.spec.cluster_name}", None, 300)
+        result = LocalExecutor().execute(f"kind delete cluster --name {shlex.quote(self.spec.cluster_name)}", None, 300)
         return [f"kind cluster {self.spec.cluster_name}"] if result.status == 0 else []

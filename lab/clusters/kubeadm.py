@@ -62,8 +62,8 @@ def cluster_steps(spec: KubeadmLab, use_emulation: bool) -> list[Step]:
     for host in spec.hosts:
         steps += host_steps(host, spec.kubernetes_version)
     steps.append(Step("kubeadm-init",
-                      f"kubeadm init --pod-network-cidr={spec.pod_cidr} "
-                      f"--apiserver-advertise-address={plane.address} --upload-certs",
+                      f"kubeadm init --pod-network-cidr={shlex.quote(spec.pod_cidr)} "
+                      f"--apiserver-advertise-address={shlex.quote(plane.address)} --upload-certs",
                       check=f"test -f {ADMIN} && {KUBECTL} get --raw /readyz >/dev/null 2>&1",
                       timeout_s=900, host=p))
     steps.append(Step("cni-flannel", f"{KUBECTL} apply -f {FLANNEL}", retries=3, host=p,
