@@ -1,11 +1,16 @@
-"""Prove a converted disk boots on the devices KubeVirt gives a VM, by booting it under qemu.
+"""Prove a converted disk boots on the devices the target gives a VM, by booting it under qemu.
 
-q35, the disk on virtio-blk (or virtio-scsi) and virtio-net behind PCIe root ports as KubeVirt
-lays them out (so the first NIC is ``enp1s0``), virtio-rng, TCG, ``snapshot=on``, started by the
-lab's own qemu launcher (``virtproof.lab.qemu.process``). The serial console goes to a file that
-we follow: kernel started, root mounted, probe output (checksums, network), login prompt; sshd is
-checked from the host through a forwarded port (an ``SSH-`` banner). qemu is always stopped by us
-(a converted guest may hang at poweroff).
+The devices are read from the VirtualMachine object virtproof generates (``devicemodel``): q35,
+SeaBIOS or OVMF (with a fresh copy of the variable store per boot), the VGA device KubeVirt
+attaches, the disk and NIC buses, virtio-rng, the memory balloon, each behind its own PCIe root
+port, started by the lab's own qemu launcher (``virtproof.lab.qemu.process``), TCG,
+``snapshot=on``. qemu is always stopped by us (a converted guest may hang at poweroff, and
+virt-v2v's first-boot scripts retry apt without a network).
+
+Milestones are taken from outside the guest too (``milestones``): the serial console when the
+guest writes to one, the screen when it does not (QMP ``screendump`` frames, and the text of a
+VGA text-mode screen read from guest memory), the boot probe's lines, the SSH banner from the
+host. A failure says where the boot stopped, and the last screen is kept as a PNG.
 """
 
 from __future__ import annotations
@@ -17,28 +22,28 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from virtproof.lab.qemu.process import Disk, QemuConfig, QemuProcess, UserNic, die_with_parent, kill_all_started
+from virtproof.lab.qemu.process import QemuProcess, die_with_parent, kill_all_started
 from virtproof.lab.qemu.qmp import QMPFailure, QMPLoop
+from virtproof.premigrate import milestones as ms
+from virtproof.premigrate.devicemodel import DeviceModel, device_model, qemu_config
 from virtproof.premigrate.gfs import open_guestfs
 from virtproof.premigrate.probe import InitSystem, install_probe, parse_probe
-
-Bus = Literal["virtio", "scsi"]
-
-MILESTONES = {
-    "kernel": re.compile(r"Linux version \S+"),
-    "root_mounted": re.compile(
-        r"EXT4-fs \(\w+\): mounted filesystem|XFS \(\w+\): Ending clean mount|virtproof: root \S+ mounted"
-        r"|VFS: Mounted root|Reached target.*Local File Systems"
-    ),
-    "login_prompt": re.compile(r"\S+ login: ?$|virtproof: ready", re.M),
-}
-FAILURES = re.compile(
-    r"ALERT! .* does not exist|Gave up waiting for root|Kernel panic|Dropping to a shell"
-    r"|virtproof: root device \S+ not found|You are in emergency mode|Unable to mount root|No init found"
-    r"|Loading \S+\.\.\. failed|No bootable device|Boot failed: could not read the boot disk"
+from virtproof.premigrate.screen import (
+    TEXT_MODE_SIZES,
+    Frame,
+    ScreenError,
+    parse_vga_text,
+    png_bytes,
+    read_ppm,
+    vga_text_command,
 )
+
+SCREEN_EVERY_S = 2.0
+TEXT_EVERY_S = 1.0
+MILESTONES = {"kernel": ms.KERNEL, "root_mounted": ms.USERSPACE, "login_prompt": ms.LOGIN}
+FAILURES = ms.FAILURES
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,11 @@ class BootProof:
     timed_out: bool
     console_tail: str = ""
     qemu_argv: tuple[str, ...] = field(default=())
+    stages: tuple[str, ...] = ()  # firmware, bootloader, kernel, userspace, network, sshd reached
+    stopped: str = ""  # one line: where the boot stopped (or how far it got)
+    screen_png: str | None = None  # the last screen, kept beside the verdict
+    screen_text: str = ""  # the last VGA text screen, if the screen was in text mode
+    devices: str = ""  # the device model booted (machine, firmware, buses)
 
     @property
     def booted(self) -> bool:
@@ -110,21 +120,65 @@ def prepare_overlay(disk: Path, fmt: str, overlay: Path, init: InitSystem, root_
     return installed
 
 
-def boot_config(disk: Path, fmt: str, bus: Bus, directory: Path, port: int, name: str, memory_mib: int) -> QemuConfig:
-    """The qemu the boot proof starts: KubeVirt's devices for this disk, SSH forwarded to ``port``."""
-    return QemuConfig(
-        guest_name=name,
-        directory=directory,
-        cpus=1,
-        memory_mib=memory_mib,
-        machine="q35",
-        accel="tcg",
-        disks=(Disk(disk, fmt, bus, snapshot=True, boot_index=1),),  # type: ignore[arg-type]
-        nics=(UserNic("127.0.0.1", ((port, 22),)),),
-        start_paused=False,
-        pcie_root_ports=True,
-        no_reboot=False,
-    )
+class _Screen:
+    """Frames and VGA text from a running qemu (best effort: a guest in a graphics mode has no text)."""
+
+    def __init__(self, qemu: QemuProcess, directory: Path) -> None:
+        self.qemu = qemu
+        self.directory = directory
+        self.last: Frame | None = None
+        self.text = ""
+        self.texts: list[str] = []
+        self.drawn = False
+        self.graphics = False
+        self._modes: list[tuple[int, int]] = []
+        self._next_frame = 0.0
+        self._next_text = 0.0
+
+    def poll(self, now: float) -> None:
+        if now >= self._next_frame:
+            self._next_frame = now + SCREEN_EVERY_S
+            self.grab()
+        if now >= self._next_text and (self.last is None or self.last.text_mode):
+            self._next_text = now + TEXT_EVERY_S
+            self.read_text()
+
+    def grab(self) -> None:
+        path = self.directory / "screen.ppm"
+        try:
+            self.qemu.screendump(path)
+            frame = read_ppm(path.read_bytes())
+        except (QMPFailure, OSError, ScreenError):
+            return
+        self.last = frame
+        mode = (frame.width, frame.height)
+        if not self._modes or self._modes[-1] != mode:
+            self._modes.append(mode)
+        # Before the guest sets a video mode, qemu shows its own 640x480 "Guest has not
+        # initialized the display" frame: only a text-mode frame or a later mode is the guest's.
+        # A graphics mode after a text-mode BIOS screen is the boot loader's (GRUB's gfxterm);
+        # under OVMF the firmware itself draws in graphics.
+        if not frame.blank and (frame.text_mode or len(self._modes) > 1):
+            self.drawn = True
+            seen_text = any(m in TEXT_MODE_SIZES for m in self._modes[:-1])
+            self.graphics = self.graphics or (not frame.text_mode and seen_text)
+
+    def read_text(self) -> None:
+        try:
+            out = self.qemu.qmp.execute("human-monitor-command", {"command-line": vga_text_command()}, timeout=5)
+        except QMPFailure:
+            return
+        text = parse_vga_text(str(out))
+        if text.strip() and text != self.text:
+            self.text = text
+            self.texts.append(text)
+            del self.texts[:-40]
+
+    def save_png(self, path: Path) -> str | None:
+        if self.last is None:
+            return None
+        path.write_bytes(png_bytes(self.last))
+        return str(path)
 
 
 def boot_and_follow(
@@ -132,18 +186,22 @@ def boot_and_follow(
     fmt: str,
     workdir: Path,
     *,
+    vm: dict[str, Any],
     name: str,
-    bus: Bus = "virtio",
     expected: dict[str, str] | None = None,
     probe_installed: bool = False,
     timeout_s: float = 300.0,
     root_wait_s: float = 150.0,
-    memory_mib: int = 1024,
+    memory_mib: int | None = None,
+    evidence_dir: Path | None = None,
 ) -> BootProof:
-    """Boot ``disk`` (already holding the probe, if any), follow the console, stop qemu."""
+    """Boot ``disk`` (already holding the probe, if any) with the devices of ``vm``, follow the
+    console and the screen, stop qemu. The last screen goes to ``evidence_dir/<name>.screen.png``."""
     expected = expected or {}
+    model: DeviceModel = device_model(vm)
     port = _free_port()
-    cfg = boot_config(disk, fmt, bus, _boot_dir(workdir), port, name, memory_mib)
+    directory = _boot_dir(workdir)
+    cfg = qemu_config(model, disk, fmt, directory, name=name, ssh_port=port, memory_mib=memory_mib)
     console = cfg.console_log
     loop = QMPLoop(f"bootproof-{name}")
     started = time.monotonic()
@@ -154,6 +212,7 @@ def boot_and_follow(
         loop.close()
         raise
     proc = qemu.popen
+    screen = _Screen(qemu, directory)
     milestones: dict[str, float] = {}
     failure: str | None = None
     banner: str | None = None
@@ -161,22 +220,38 @@ def boot_and_follow(
     failure_at: float | None = None
     next_ssh = 0.0
     timed_out = False
+    seen = ms.Seen()
     try:
         with contextlib.suppress(QMPFailure):  # qemu exited at once: the loop below reports it
             qemu.connect(30)
         while True:
             now = time.monotonic() - started
             if proc.poll() is not None:
-                failure = failure or f"qemu exited with {proc.returncode}"
+                failure = failure or f"qemu exited with {proc.returncode}: {qemu.stderr_tail(200)}"
                 break
             with contextlib.suppress(FileNotFoundError):
                 text = console.read_bytes().decode("utf-8", "replace")
+            if model.video:
+                screen.poll(now)
+            probe = parse_probe(text)
+            seen = ms.Seen(
+                console=text,
+                screen_text="\n".join(screen.texts),
+                frame_drawn=screen.drawn,
+                graphics_frame=screen.graphics,
+                probe_begun=probe.begun,
+                network=probe.net_up is not None,
+                ssh=banner is not None,
+            )
+            for stage in ms.stages(seen):
+                milestones.setdefault(stage, now)
+            joined = text + "\n" + seen.screen_text
             for key, pattern in MILESTONES.items():
-                if key not in milestones and pattern.search(text):
+                if key not in milestones and pattern.search(joined):
                     milestones[key] = now
-            bad = FAILURES.search(text)
+            bad = ms.failure(seen)
             if bad and failure is None:
-                failure, failure_at = bad.group(0), now
+                failure, failure_at = bad, now
             if (
                 failure is None
                 and "kernel" in milestones
@@ -184,17 +259,16 @@ def boot_and_follow(
                 and now - milestones["kernel"] > root_wait_s
             ):
                 failure, failure_at = f"root file system not mounted {root_wait_s:.0f} s after the kernel started", now
-            if "kernel" in milestones and banner is None and now >= next_ssh:
+            if ("kernel" in milestones or "bootloader" in milestones) and banner is None and now >= next_ssh:
                 banner = _ssh_banner(port)
                 if banner:
                     milestones["sshd"] = now
                 next_ssh = now + 1.0
-            report = parse_probe(text)
-            if report.ended and "probe_done" not in milestones:
+            if probe.ended and "probe_done" not in milestones:
                 milestones["probe_done"] = now
-            if report.net_up and "network_up" not in milestones:
+            if probe.net_up and "network_up" not in milestones:
                 milestones["network_up"] = now
-            done_probe = report.ended or not probe_installed
+            done_probe = probe.ended or not probe_installed
             if failure_at is not None and now - failure_at > 3:
                 break
             if done_probe and (banner or "login_prompt" in milestones) and failure is None:
@@ -203,16 +277,36 @@ def boot_and_follow(
                 timed_out = True
                 break
             time.sleep(0.25)
+        if model.video and proc.poll() is None:
+            screen.grab()
+            if screen.last is None or screen.last.text_mode:
+                screen.read_text()
     finally:
         qemu.stop()
         loop.close()
     with contextlib.suppress(FileNotFoundError):
         text = console.read_bytes().decode("utf-8", "replace")
     report = parse_probe(text)
+    seen = ms.Seen(
+        console=text,
+        screen_text="\n".join(screen.texts),
+        frame_drawn=screen.drawn,
+        graphics_frame=screen.graphics,
+        probe_begun=report.begun,
+        network=report.net_up is not None,
+        ssh=banner is not None,
+    )
     ok = tuple(p for p, h in expected.items() if report.checksums.get(p) == h)
     bad_sums = tuple(p for p, h in expected.items() if p in report.checksums and report.checksums[p] != h)
     missing = tuple(p for p in expected if p not in report.checksums)
-    evidence = _evidence(text)
+    booted = "root_mounted" in milestones and failure is None
+    stopped = ms.where_stopped(seen, booted and not timed_out)
+    if timed_out and not booted:
+        stopped += f" (timed out after {timeout_s:.0f} s)"
+    png = None
+    if evidence_dir is not None:
+        evidence_dir.mkdir(parents=True, exist_ok=True)
+        png = screen.save_png(evidence_dir / f"{name}.screen.png")
     return BootProof(
         milestones=milestones,
         failure=failure,
@@ -223,11 +317,16 @@ def boot_and_follow(
         checksums_ok=ok,
         checksums_bad=bad_sums,
         checksums_missing=missing if report.begun or probe_installed else (),
-        evidence=evidence,
+        evidence=_evidence(text + "\n" + screen.text),
         seconds=time.monotonic() - started,
         timed_out=timed_out,
         console_tail="\n".join(_clean(text).splitlines()[-25:]),
         qemu_argv=tuple(qemu.argv),
+        stages=tuple(ms.stages(seen)),
+        stopped=stopped,
+        screen_png=png,
+        screen_text=screen.text,
+        devices=model.describe(),
     )
 
 

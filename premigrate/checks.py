@@ -8,6 +8,7 @@ from typing import Literal
 from virtproof.premigrate.findings import Finding, Severity, sort_findings
 from virtproof.premigrate.imagefile import FORMAT_NAMES, ImageFacts
 from virtproof.premigrate.inspect import GuestFacts, Inspection
+from virtproof.premigrate.windows import windows_findings
 
 DiskBus = Literal["virtio", "scsi"]
 Target = Literal["qemu", "kubevirt"]
@@ -64,14 +65,9 @@ def image_findings(image: ImageFacts) -> list[Finding]:
 def guest_findings(facts: GuestFacts, bus: DiskBus, target: Target) -> list[Finding]:
     out: list[Finding] = []
     if facts.os_type == "windows":
-        return [
-            Finding(
-                "unsupported-os",
-                "critical",
-                f"Windows guest ({facts.product}): virtproof inspects but does not convert or boot Windows",
-                "use virt-v2v with virtio-win drivers and verify by hand",
-            )
-        ]
+        if facts.windows is None:
+            return [Finding("unsupported-os", "critical", f"Windows ({facts.product}): its registry is unreadable")]
+        return [*windows_findings(facts.windows, bus, facts.firmware), *_firmware_findings(facts, target)]
     if facts.os_type != "linux":
         return [Finding("unsupported-os", "critical", f"unsupported OS type {facts.os_type!r}")]
     out.append(
@@ -84,23 +80,7 @@ def guest_findings(facts: GuestFacts, bus: DiskBus, target: Target) -> list[Find
     )
     if facts.arch not in ("x86_64", "amd64"):
         out.append(Finding("arch", "critical", f"architecture {facts.arch} is not x86_64"))
-    if facts.firmware == "uefi":
-        out.append(
-            Finding(
-                "firmware-uefi",
-                "info" if target == "qemu" else "warning",
-                "an EFI system partition: the guest boots with UEFI",
-                "the VirtualMachine needs spec.domain.firmware.bootloader.efi (generated)",
-            )
-        )
-    else:
-        out.append(
-            Finding(
-                "firmware-bios",
-                "info",
-                f"BIOS boot ({facts.partition_table} partition table, {facts.boot.loader} boot loader)",
-            )
-        )
+    out.extend(_firmware_findings(facts, target))
     if facts.boot.loader == "none":
         out.append(Finding("no-bootloader", "warning", "no extlinux or GRUB configuration found"))
     driver = disk_driver(bus)
@@ -177,6 +157,31 @@ def guest_findings(facts: GuestFacts, bus: DiskBus, target: Target) -> list[Find
                 )
             )
     return out
+
+
+def _firmware_findings(facts: GuestFacts, target: Target) -> list[Finding]:
+    if facts.firmware != "uefi":
+        return [
+            Finding(
+                "firmware-bios",
+                "info",
+                f"BIOS boot ({facts.partition_table} partition table, {facts.boot.loader} boot loader)",
+            )
+        ]
+    loaders = ", ".join(facts.efi_loaders[:4]) or "no EFI binaries found"
+    secure = (
+        "Secure Boot can stay on (a signed shim or Windows boot manager is there)"
+        if facts.secure_boot_ready
+        else "Secure Boot must be off (the boot loader is not signed: no shim)"
+    )
+    return [
+        Finding(
+            "firmware-uefi",
+            "info" if target == "qemu" else "warning",
+            f"UEFI boot (an EFI system partition: {loaders}); {secure}",
+            "the VirtualMachine needs spec.domain.firmware.bootloader.efi (generated, secureBoot as the source has it)",
+        )
+    ]
 
 
 def _network_findings(facts: GuestFacts) -> list[Finding]:

@@ -37,7 +37,10 @@ def _convert_argv(src: Path, src_fmt: str, dst: Path, dst_fmt: str) -> list[str]
 
 def _run(argv: list[str], what: str, timeout: float) -> float:
     started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ConversionError(f"{what} did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["(no output)"]
         errors = [line.strip() for line in lines if "error:" in line] or lines[-1:]

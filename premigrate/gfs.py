@@ -12,9 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from virtproof.core.errors import LabUnavailable
 
-class GuestfsUnavailable(RuntimeError):
-    """The python ``guestfs`` binding cannot be imported (see scripts/link-guestfs)."""
+
+class GuestfsUnavailable(LabUnavailable):
+    """The python ``guestfs`` binding cannot be imported (see scripts/link-guestfs): a host problem."""
 
 
 def guestfs_environment() -> None:

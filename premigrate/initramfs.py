@@ -7,35 +7,73 @@ the rest compressed (gzip, xz, zstd, lz4, bzip2). We walk the segments and colle
 from __future__ import annotations
 
 import bz2
-import gzip
 import lzma
 import subprocess
+import threading
+import zlib
 
 _NEWC = (b"070701", b"070702")
 _HEADER = 110
+# An initramfs comes from the guest, so it may be a decompression bomb: no segment may expand
+# past this (a real one is tens of MiB).
+MAX_UNPACKED = 512 * 1024 * 1024
 
 
 class InitramfsError(ValueError):
     """The image is not an initramfs we can read."""
 
 
+def _bounded(decompressor: zlib._Decompress | lzma.LZMADecompressor | bz2.BZ2Decompressor, data: bytes) -> bytes:
+    out = decompressor.decompress(data, MAX_UNPACKED + 1)
+    if len(out) > MAX_UNPACKED:
+        raise InitramfsError(f"initramfs segment expands past {MAX_UNPACKED // 1024**2} MiB (a decompression bomb?)")
+    return out
+
+
 def _decompress(data: bytes) -> bytes:
-    if data.startswith(b"\x1f\x8b"):
-        return gzip.decompress(data)
-    if data.startswith(b"\xfd7zXZ") or data.startswith(b"\x5d\x00\x00"):
-        return lzma.decompress(data)
-    if data.startswith(b"BZh"):
-        return bz2.decompress(data)
+    try:
+        if data.startswith(b"\x1f\x8b"):
+            return _bounded(zlib.decompressobj(16 + zlib.MAX_WBITS), data)
+        if data.startswith(b"\xfd7zXZ") or data.startswith(b"\x5d\x00\x00"):
+            return _bounded(lzma.LZMADecompressor(), data)
+        if data.startswith(b"BZh"):
+            return _bounded(bz2.BZ2Decompressor(), data)
+    except (zlib.error, lzma.LZMAError, OSError, EOFError) as exc:
+        raise InitramfsError(f"corrupt compressed initramfs segment: {exc}") from None
     for magic, tool in ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\x02\x21\x4c\x18", "lz4"), (b"\x04\x22\x4d\x18", "lz4")):
         if data.startswith(magic):
-            try:
-                proc = subprocess.run([tool, "-dc"], input=data, capture_output=True, check=False, timeout=120)
-            except FileNotFoundError as exc:
-                raise InitramfsError(f"{tool} is needed to read this initramfs (apt-get install {tool})") from exc
-            if not proc.stdout:
-                raise InitramfsError(f"{tool} could not decompress the initramfs")
-            return proc.stdout
+            return _external(tool, data)
     raise InitramfsError(f"unknown initramfs segment (magic {data[:6].hex()})")
+
+
+def _external(tool: str, data: bytes) -> bytes:
+    """Decompress with ``tool -dc``, reading at most ``MAX_UNPACKED`` bytes of its output."""
+    try:
+        proc = subprocess.Popen([tool, "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise InitramfsError(f"{tool} is needed to read this initramfs (apt-get install {tool})") from exc
+
+    def feed() -> None:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(data)
+            proc.stdin.close()
+        except OSError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    assert proc.stdout is not None
+    out = proc.stdout.read(MAX_UNPACKED + 1)
+    proc.kill()
+    proc.wait()
+    writer.join(5)
+    proc.stdout.close()
+    if len(out) > MAX_UNPACKED:
+        raise InitramfsError(f"initramfs segment expands past {MAX_UNPACKED // 1024**2} MiB (a decompression bomb?)")
+    if not out:
+        raise InitramfsError(f"{tool} could not decompress the initramfs")
+    return out
 
 
 def _cpio_names(data: bytes, pos: int, names: list[str]) -> int:
@@ -44,8 +82,11 @@ def _cpio_names(data: bytes, pos: int, names: list[str]) -> int:
         if data[pos : pos + 6] not in _NEWC:
             raise InitramfsError(f"bad cpio header at offset {pos}")
         header = data[pos : pos + _HEADER]
-        size = int(header[54:62], 16)
-        namesize = int(header[94:102], 16)
+        try:
+            size = int(header[54:62], 16)
+            namesize = int(header[94:102], 16)
+        except ValueError:
+            raise InitramfsError(f"bad cpio header at offset {pos}") from None
         name = data[pos + _HEADER : pos + _HEADER + namesize - 1].decode("utf-8", "replace")
         pos += _HEADER + namesize
         pos = (pos + 3) & ~3

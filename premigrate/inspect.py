@@ -18,6 +18,7 @@ from virtproof.premigrate import netconfig
 from virtproof.premigrate.gfs import open_guestfs
 from virtproof.premigrate.imagefile import ImageFacts
 from virtproof.premigrate.initramfs import InitramfsError, list_initramfs, module_names, normalize_module
+from virtproof.premigrate.windows import WindowsFacts, windows_facts
 
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 # Kernel module -> the Kconfig symbol that builds it (names differ).
@@ -42,6 +43,7 @@ AGENT_FILES = {
     "hyperv-daemons": ("/usr/sbin/hv_kvp_daemon", "/usr/sbin/hypervkvpd", "/usr/libexec/hypervkvpd"),
 }
 CHECKSUM_DIR = "/srv/virtproof"
+MAX_INITRAMFS_BYTES = 256 * 1024 * 1024  # the guest's file is copied to the host to be listed
 MAX_CHECKSUM_FILES = 8
 
 
@@ -90,6 +92,14 @@ class GuestFacts:
     init_system: Literal["systemd", "micro", "sysv", "unknown"] = "unknown"
     checksums: tuple[tuple[str, str], ...] = ()
     initramfs_tool: Literal["initramfs-tools", "dracut", "none"] = "none"
+    windows: WindowsFacts | None = None
+    efi_loaders: tuple[str, ...] = ()  # EFI binaries on the ESP (EFI/debian/grubx64.efi, ...)
+    serial_console: bool = False  # the kernel command line has console=ttyS*
+
+    @property
+    def secure_boot_ready(self) -> bool:
+        """A signed shim on the ESP: the guest can boot with Secure Boot on."""
+        return any(p.lower().endswith(("shimx64.efi", "bootmgfw.efi")) for p in self.efi_loaders)
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,27 @@ def _firmware(g: Any) -> tuple[Literal["bios", "uefi"], str]:
             if str(g.part_get_gpt_type(dev, num)).upper() == ESP_GUID:
                 firmware = "uefi"
     return firmware, table
+
+
+def _efi_loaders(g: Any, firmware: str) -> tuple[str, ...]:
+    """EFI binaries on the ESP(s): each vfat file system mounted read-only at / in turn, before
+    the guest's own file systems are mounted."""
+    if firmware != "uefi":
+        return ()
+    found: list[str] = []
+    for dev, fstype in g.list_filesystems().items():
+        if fstype != "vfat":
+            continue
+        try:
+            g.mount_ro(dev, "/")
+        except RuntimeError:
+            continue
+        try:
+            if g.is_dir("/EFI"):
+                found += [f"EFI/{p}" for p in g.find("/EFI") if str(p).lower().endswith(".efi")]
+        finally:
+            g.umount_all()
+    return tuple(sorted(found)[:32])
 
 
 def _parse_extlinux(path: str, text: str) -> BootEntry:
@@ -234,6 +265,9 @@ def _initramfs(g: Any, boot: BootEntry, kver: str | None) -> tuple[str | None, f
     path = next((c for c in candidates if c and _exists(g, c)), None)
     if path is None:
         return None, frozenset(), None
+    size = int(g.filesize(path))
+    if size > MAX_INITRAMFS_BYTES:
+        return path, frozenset(), f"{size // 1024**2} MiB: too big to be an initramfs"
     with tempfile.NamedTemporaryFile(prefix="vp-initrd-") as tmp:
         g.download(path, tmp.name)
         try:
@@ -323,6 +357,7 @@ def collect_guest_facts(g: Any) -> GuestFacts | None:
         return None
     root, mounts = located
     known = root in [str(r) for r in g.inspect_get_roots()]
+    efi = _efi_loaders(g, firmware)
     for mountpoint in sorted(mounts, key=len):
         try:
             g.mount_ro(mounts[mountpoint], mountpoint)
@@ -330,6 +365,7 @@ def collect_guest_facts(g: Any) -> GuestFacts | None:
             continue
     os_type = str(g.inspect_get_type(root)) if known else "linux"
     if os_type != "linux":
+        win = windows_facts(g, root) if os_type == "windows" else None
         return GuestFacts(
             os_type=os_type,
             distro=str(g.inspect_get_distro(root)),
@@ -342,6 +378,8 @@ def collect_guest_facts(g: Any) -> GuestFacts | None:
             partition_table=table,
             boot=BootEntry("none", None, None, None, ""),
             kernel_version=None,
+            windows=win,
+            efi_loaders=efi,
         )
     boot = _boot_entry(g)
     kver = _kernel_version(g, boot)
@@ -379,6 +417,8 @@ def collect_guest_facts(g: Any) -> GuestFacts | None:
         init_system=_init_system(g),
         checksums=_checksums(g, _in_boot(g, boot.kernel)),
         initramfs_tool=tool,
+        efi_loaders=efi,
+        serial_console=bool(re.search(r"(?:^|\s)console=ttyS", boot.cmdline)),
     )
 
 

@@ -30,6 +30,7 @@ class VmShape:
     bus: Literal["virtio", "scsi"] = "virtio"
     mac: str | None = None  # kept when asked
     image_url: str | None = None  # where CDI imports the converted disk from; else upload
+    secure_boot: bool = False  # UEFI with Secure Boot, as the source had it
 
 
 def k8s_name(text: str) -> str:
@@ -62,9 +63,15 @@ def virtual_machine(shape: VmShape, namespace: str | None = None) -> dict[str, A
     interface: dict[str, Any] = {"name": "default", "masquerade": {}, "model": "virtio"}
     if shape.mac:
         interface["macAddress"] = shape.mac
+    # KubeVirt's EFI: OVMF_CODE(.secboot).fd + a per-VMI copy of OVMF_VARS
+    # (pkg/virt-launcher/virtwrap/efi/efi.go); Secure Boot is refused by its webhook unless SMM
+    # is on (pkg/virt-api/webhooks/validating-webhook/admitters/vmi-create-admitter.go).
     firmware: dict[str, Any] = (
-        {"bootloader": {"efi": {"secureBoot": False}}} if shape.firmware == "uefi" else {"bootloader": {"bios": {}}}
+        {"bootloader": {"efi": {"secureBoot": shape.secure_boot}}}
+        if shape.firmware == "uefi"
+        else {"bootloader": {"bios": {}}}
     )
+    features: dict[str, Any] = {"smm": {"enabled": True}} if shape.firmware == "uefi" and shape.secure_boot else {}
     disk_bus = "virtio" if shape.bus == "virtio" else "scsi"
     meta: dict[str, Any] = {"name": shape.name, "labels": {"app.kubernetes.io/managed-by": "virtproof"}}
     if namespace:
@@ -83,8 +90,14 @@ def virtual_machine(shape: VmShape, namespace: str | None = None) -> dict[str, A
                         "memory": {"guest": f"{shape.memory_mib}Mi"},
                         "resources": {"requests": {"memory": f"{shape.memory_mib}Mi"}},
                         "firmware": firmware,
+                        **({"features": features} if features else {}),
                         "machine": {"type": "q35"},
                         "devices": {
+                            # KubeVirt attaches a VGA device unless this is false
+                            # (pkg/virt-launcher/virtwrap/converter/compute/graphics.go); a GRUB
+                            # guest does not reach userspace under qemu without one.
+                            "autoattachGraphicsDevice": True,
+                            "autoattachSerialConsole": True,
                             "disks": [{"name": "rootdisk", "disk": {"bus": disk_bus}, "bootOrder": 1}],
                             "interfaces": [interface],
                             "rng": {},

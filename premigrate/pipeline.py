@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from virtproof.lab.kubevirt.schema import load_schemas
 from virtproof.premigrate import ova as ova_mod
+from virtproof.premigrate import vmware
 from virtproof.premigrate.bootproof import BootProof, boot_and_follow, prepare_overlay
 from virtproof.premigrate.checks import DiskBus, Target, findings_for
 from virtproof.premigrate.convert import (
@@ -29,8 +30,8 @@ from virtproof.premigrate.findings import Finding, sort_findings
 from virtproof.premigrate.fix import FixError, FixReport, apply_fixes
 from virtproof.premigrate.imagefile import BadSource, ImageFacts, image_facts, sha256_file
 from virtproof.premigrate.inspect import Inspection, inspect_disk
-from virtproof.premigrate.manifests import VmShape, build_manifests, k8s_name, write_manifests
-from virtproof.premigrate.verdict import Decision, blocked_by_inspection, decide
+from virtproof.premigrate.manifests import VmShape, build_manifests, k8s_name, virtual_machine, write_manifests
+from virtproof.premigrate.verdict import Decision, blocked_by_inspection, decide, decide_windows
 from virtproof.scenarios.kubevirt import KUBEVIRT_VERSION
 
 FixMethod = Literal["native", "v2v"]
@@ -48,17 +49,20 @@ class Options:
     measure_bare: bool = True
     manifest_dir: Path | None = None  # where kubevirt manifests go without --fix
     kubevirt_release: str = KUBEVIRT_VERSION  # the manifests are validated against this release's schema
+    evidence_dir: Path | None = None  # where the last screen of each boot proof is kept (PNG)
 
 
 @dataclass
 class SourceReport:
     source: Path
     name: str
-    kind: Literal["disk", "ova"]
+    kind: Literal["disk", "ova", "vmx"]
     sha256_before: str = ""
     sha256_after: str = ""
     image: ImageFacts | None = None
     ovf: ova_mod.OvfInfo | None = None
+    meta: vmware.VmMeta | None = None  # the VMware configuration (OVF or VMX)
+    conversion_error: str | None = None
     inspection: Inspection | None = None
     findings: list[Finding] = field(default_factory=list)
     conversion: Conversion | None = None
@@ -126,7 +130,13 @@ class SourceReport:
                 "nics": [{"path": n.path, "tool": n.tool, "name": n.name, "mac": n.mac} for n in guest.nics],
                 "agents": sorted(guest.agents),
                 "checksums": dict(guest.checksums),
+                "efi_loaders": list(guest.efi_loaders),
+                "secure_boot_ready": guest.secure_boot_ready,
+                "serial_console": guest.serial_console,
+                "windows": None if guest.windows is None else _windows_dict(guest),
             },
+            "vmware": None if self.meta is None else _meta_dict(self.meta),
+            "conversion_error": self.conversion_error,
             "findings": [f.to_dict() for f in self.findings],
             "fixes": list(self.fix.applied) if self.fix else [],
             "fix_error": self.fix_error,
@@ -149,6 +159,12 @@ class SourceReport:
                 "evidence": list(boot.evidence),
                 "timed_out": boot.timed_out,
                 "console_tail": boot.console_tail,
+                "stages": list(boot.stages),
+                "stopped": boot.stopped,
+                "screen_png": boot.screen_png,
+                "screen_text": boot.screen_text,
+                "devices": boot.devices,
+                "qemu_argv": list(boot.qemu_argv),
             },
             "timings_s": self.timings,
             "convert_mib_s": self.conversion.mib_per_s if self.conversion else None,
@@ -158,7 +174,32 @@ class SourceReport:
         }
 
 
-def source_kind(path: Path) -> Literal["disk", "ova"]:
+def _windows_dict(guest: Any) -> dict[str, Any]:
+    win = guest.windows
+    return {
+        "product": win.product,
+        "version": win.version,
+        "build": win.build,
+        "edition": win.edition,
+        "services": win.services,
+        "driver_files": sorted(win.driver_files),
+        "static_ips": [vars(ip) for ip in win.static_ips],
+        "pending_reboot": list(win.pending_reboot),
+        "device_install_blocked": list(win.device_install_blocked),
+        "antivirus": list(win.antivirus),
+    }
+
+
+def _meta_dict(meta: vmware.VmMeta) -> dict[str, Any]:
+    out = {k: v for k, v in vars(meta).items() if k not in ("disks", "nics")}
+    out["disks"] = [vars(d) for d in meta.disks]
+    out["nics"] = [vars(n) for n in meta.nics]
+    return out
+
+
+def source_kind(path: Path) -> Literal["disk", "ova", "vmx"]:
+    if path.suffix.lower() == ".vmx":
+        return "vmx"
     if path.suffix.lower() in (".ova", ".ovf"):
         return "ova"
     try:
@@ -171,8 +212,8 @@ def source_kind(path: Path) -> Literal["disk", "ova"]:
     return "disk"
 
 
-def precheck(path: Path) -> Literal["disk", "ova"]:
-    """Bad input before anything starts: a missing file or one that is no disk nor OVA."""
+def precheck(path: Path) -> Literal["disk", "ova", "vmx"]:
+    """Bad input before anything starts: a missing file or one that is no disk, OVA nor VMX."""
     if not path.exists():
         raise BadSource(f"{path}: no such file")
     if not path.is_file():
@@ -180,10 +221,37 @@ def precheck(path: Path) -> Literal["disk", "ova"]:
     kind = source_kind(path)
     if kind == "disk":
         image_facts(path)
+    elif kind == "vmx":
+        vmware.open_vmx(path)
+    elif path.suffix.lower() == ".ovf":
+        raise BadSource(f"{path}: a bare .ovf is not supported; give the .ova archive")
+    else:
+        ova_mod.check_ova(path)
     return kind
 
 
 Progress = Callable[[str], None]
+
+
+def _source_hash(path: Path, extents: tuple[Path, ...] = ()) -> str:
+    return ",".join(sha256_file(p) for p in (path, *extents))
+
+
+def _shape(name: str, guest: Any, image: ImageFacts, options: Options, meta: vmware.VmMeta | None) -> VmShape:
+    mac = next((n.mac for n in meta.nics if n.mac), None) if meta and options.keep_mac else None
+    firmware: Literal["bios", "uefi"] = (
+        guest.firmware if guest is not None else ("uefi" if meta and meta.firmware == "efi" else "bios")
+    )
+    return VmShape(
+        name=name,
+        cpus=meta.cpus if meta else 1,
+        memory_mib=meta.memory_mib if meta else options.memory_mib,
+        firmware=firmware,
+        disk_bytes=image.virtual_size,
+        bus=options.bus,
+        mac=mac,
+        secure_boot=bool(meta and meta.secure_boot and firmware == "uefi"),
+    )
 
 
 def validate_source(path: Path, workdir: Path, options: Options, progress: Progress = lambda _: None) -> SourceReport:
@@ -191,41 +259,68 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
     name = k8s_name(path.name.rsplit(".", 1)[0])
     report = SourceReport(path, name, kind)
     started = time.monotonic()
-    report.sha256_before = sha256_file(path)
-    report.timings["hash"] = time.monotonic() - started
     disk = path
     extra: list[Finding] = []
+    extents: tuple[Path, ...] = ()
     if kind == "ova":
-        if path.suffix.lower() == ".ovf":
-            raise BadSource(f"{path}: a bare .ovf is not supported; give the .ova archive")
+        report.sha256_before = _source_hash(path)
         t0 = time.monotonic()
         contents = ova_mod.open_ova(path, workdir)
         ok, text = ova_mod.print_source(path)
         report.ovf = contents.ovf
-        extra = ova_mod.ova_findings(contents, ok, text)
+        report.meta = ova_mod.ovf_meta(contents.ovf)
+        extra = ova_mod.ova_findings(contents, ok, text) + vmware.concerns(report.meta, name)
         report.timings["ova"] = time.monotonic() - t0
         if not contents.disks:
             raise BadSource(f"{path}: the OVF names no disk")
         disk = contents.disks[0]
+    elif kind == "vmx":
+        vmx = vmware.open_vmx(path)
+        report.meta = vmx.meta
+        extra = vmware.concerns(vmx.meta, name)
+        for missing in vmx.missing:
+            extra.append(Finding("vmware-disk-not-given", "info", f"disk {missing} is not beside the .vmx"))
+        report.sha256_before = _source_hash(path, vmx.disks)
+        if not vmx.disks:
+            report.findings = sort_findings(extra)
+            report.timings["hash"] = time.monotonic() - started
+            _finish_metadata_only(report, path, vmx.disks)
+            return report
+        disk = vmx.disks[0]
+        extents = vmx.disks
     image = image_facts(disk)
     report.image = image
+    if kind == "disk":
+        extents = image.extents
+        report.sha256_before = _source_hash(path, extents)
+    report.timings["hash"] = time.monotonic() - started - report.timings.get("ova", 0.0)
     progress(f"{name}: inspecting")
     inspection = inspect_disk(image)
     report.inspection = inspection
     report.timings["inspect"] = inspection.seconds
     report.findings = sort_findings(findings_for(inspection, options.bus, options.target) + extra)
     guest = inspection.guest
+    if guest is not None and guest.os_type == "windows":
+        _finish(report, None, path, extents, windows=True)
+        return report
     if blocked_by_inspection(report.findings) or guest is None:
-        _finish(report, None, path)
+        _finish(report, None, path, extents)
         return report
     # --- convert --------------------------------------------------------------------
     out_dir = options.fix_dir or workdir
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{name}.qcow2"
     progress(f"{name}: converting")
-    if options.measure_bare:
-        report.bare_convert_s = bare_convert_seconds(disk, image.format, "qcow2", workdir)
-    report.conversion = qemu_img_convert(disk, image.format, output, "qcow2", image.virtual_size)
+    try:
+        if options.measure_bare:
+            report.bare_convert_s = bare_convert_seconds(disk, image.format, "qcow2", workdir)
+        report.conversion = qemu_img_convert(disk, image.format, output, "qcow2", image.virtual_size)
+    except ConversionError as exc:
+        report.conversion_error = str(exc)
+        report.findings.append(Finding("conversion-failed", "critical", f"{exc} (a truncated or corrupt image?)"))
+        output.unlink(missing_ok=True)
+        _finish(report, None, path, extents)
+        return report
     report.timings["convert"] = report.conversion.seconds
     if report.bare_convert_s is not None:
         report.timings["bare_convert"] = report.bare_convert_s
@@ -237,7 +332,8 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
             if options.fix_method == "v2v":
                 v2v_dir = workdir / "v2v"
                 v2v_dir.mkdir()
-                converted, report.v2v_s = virt_v2v_local(path, kind, v2v_dir, name)
+                v2v_kind = "ova" if kind == "ova" else "disk"
+                converted, report.v2v_s = virt_v2v_local(path if kind == "ova" else disk, v2v_kind, v2v_dir, name)
                 shutil.move(str(converted), output)
                 report.timings["virt_v2v"] = report.v2v_s
                 report.fix = apply_fixes(output, "qcow2", guest, codes, options.bus, workdir, initramfs=False)
@@ -251,19 +347,11 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
             report.timings["fix"] = report.fix.seconds
         except (FixError, ConversionError, RuntimeError) as exc:
             report.fix_error = str(exc)
-    # --- kubevirt manifests ---------------------------------------------------------
+    # --- the VirtualMachine: written for kubevirt, and the boot proof's device model -------
+    shape = _shape(name, guest, image, options, report.meta)
+    vm = virtual_machine(shape)
     if options.target == "kubevirt":
         schemas = load_schemas(kubevirt=options.kubevirt_release)
-        mac = next((n.mac for n in report.ovf.nics if n.mac), None) if report.ovf and options.keep_mac else None
-        shape = VmShape(
-            name=name,
-            cpus=report.ovf.cpus if report.ovf else 1,
-            memory_mib=report.ovf.memory_mib if report.ovf else options.memory_mib,
-            firmware=guest.firmware,
-            disk_bytes=image.virtual_size,
-            bus=options.bus,
-            mac=mac,
-        )
         target_dir = options.fix_dir or options.manifest_dir or workdir
         target_dir.mkdir(parents=True, exist_ok=True)
         report.manifest = write_manifests(build_manifests(shape, schemas), target_dir / f"{name}.kubevirt.yaml")
@@ -279,25 +367,45 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
         overlay,
         "qcow2",
         workdir,
+        vm=vm,
         name=f"vp-v2v-{workdir.name}-{name}"[:60],
-        bus=options.bus,
         expected=dict(guest.checksums),
         probe_installed=probe,
         timeout_s=options.boot_timeout_s,
         memory_mib=options.memory_mib,
+        evidence_dir=options.evidence_dir,
     )
     report.timings["boot"] = report.boot.seconds
     overlay.unlink(missing_ok=True)
     if not options.fix_dir:
         output.unlink(missing_ok=True)
-    _finish(report, report.boot, path)
+    _finish(report, report.boot, path, extents)
     return report
 
 
-def _finish(report: SourceReport, boot: BootProof | None, path: Path) -> None:
-    report.sha256_after = sha256_file(path)
+def _finish_metadata_only(report: SourceReport, path: Path, extents: tuple[Path, ...]) -> None:
+    report.sha256_after = _source_hash(path, extents)
+    blocking = blocked_by_inspection(report.findings)
+    if blocking:
+        report.decision = Decision("blocked", tuple(f"{f.code}: {f.message}" for f in blocking))
+    else:
+        report.decision = Decision(
+            "needs-fixes", ("metadata only: no disk was given beside the .vmx, so nothing was inspected or booted",)
+        )
+
+
+def _finish(
+    report: SourceReport, boot: BootProof | None, path: Path, extents: tuple[Path, ...] = (), windows: bool = False
+) -> None:
+    report.sha256_after = _source_hash(path, extents)
+    if report.sha256_after != report.sha256_before:
+        report.decision = Decision("blocked", ("the source changed while it was being validated",))
+        return
+    if windows:
+        report.decision = decide_windows(report.findings)
+        return
     resolved = report.fix.resolved if report.fix else frozenset()
-    decision = decide(report.findings, boot, resolved, report.sha256_before == report.sha256_after)
+    decision = decide(report.findings, boot, resolved, True)
     if report.fix_error:
         decision = Decision(
             decision.verdict, (f"fix failed: {report.fix_error}", *decision.reasons), decision.unsupported

@@ -11,7 +11,15 @@ from virtproof.premigrate.findings import Finding
 Verdict = Literal["ready", "needs-fixes", "blocked"]
 VERDICT_VALUE: dict[Verdict, int] = {"ready": 0, "needs-fixes": 1, "blocked": 2}
 # Findings that make a source unusable whatever a boot would show.
-BLOCKING_CODES = frozenset({"unsupported-os", "no-os", "encrypted", "arch", "ova-manifest-mismatch"})
+BLOCKING_CODES = frozenset(
+    {"unsupported-os", "no-os", "encrypted", "arch", "ova-manifest-mismatch", "conversion-failed", "source-hostile"}
+)
+# Any critical finding with these prefixes blocks: the VMware configuration (snapshots, RDMs,
+# shared or independent disks, passthrough...) as the migration toolkits' validations do, and
+# a kernel without the drivers at all.
+BLOCKING_PREFIXES = ("vmware-", "driver-missing-")
+WINDOWS_DRIVER_PREFIX = "windows-driver-missing-"
+BOOT_NOT_PROVEN = "boot not proven: virtproof does not boot Windows guests (no Windows image can be run here)"
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,33 @@ class Decision:
 
 
 def blocked_by_inspection(findings: list[Finding]) -> list[Finding]:
-    return [f for f in findings if f.code in BLOCKING_CODES or f.code.startswith("driver-missing-")]
+    return [
+        f
+        for f in findings
+        if f.code in BLOCKING_CODES or (f.severity == "critical" and f.code.startswith(BLOCKING_PREFIXES))
+    ]
+
+
+def decide_windows(findings: list[Finding]) -> Decision:
+    """Windows is judged on its drivers and state, never on a boot (none is made)."""
+    blocking = blocked_by_inspection(findings)
+    if blocking:
+        return Decision("blocked", (*[f.message for f in blocking], BOOT_NOT_PROVEN))
+    from virtproof.premigrate.windows import driver_phrase
+
+    missing = {f.code.removeprefix(WINDOWS_DRIVER_PREFIX) for f in findings if f.code.startswith(WINDOWS_DRIVER_PREFIX)}
+    reasons: list[str] = []
+    if missing:
+        reasons.append(driver_phrase(bool(missing - {"netkvm"}), "netkvm" in missing))
+    reasons += [
+        f"{f.code}: {f.fix or f.message}"
+        for f in findings
+        if f.severity == "critical" and not f.code.startswith(WINDOWS_DRIVER_PREFIX)
+    ]
+    warnings = [f"{f.code}: {f.message}" for f in findings if f.severity == "warning"]
+    if reasons:
+        return Decision("needs-fixes", (*reasons, *warnings, BOOT_NOT_PROVEN))
+    return Decision("ready", ("virtio-win storage and network drivers are installed", *warnings, BOOT_NOT_PROVEN))
 
 
 def decide(
@@ -42,8 +76,9 @@ def decide(
     if boot is None:
         return Decision("blocked", ("no boot proof was made",))
     if not boot.booted:
-        where = boot.failure or ("timed out" if boot.timed_out else "root file system never mounted")
-        return Decision("blocked", (f"does not boot on virtio: {where}",))
+        where = boot.stopped or boot.failure or ("timed out" if boot.timed_out else "root file system never mounted")
+        causes = [f"{f.code}: {f.message}" for f in findings if f.severity == "critical" and f.code not in resolved]
+        return Decision("blocked", (f"does not boot on virtio: {where}", *causes))
     if boot.checksums_bad:
         return Decision("blocked", (f"files changed by the conversion: {', '.join(boot.checksums_bad)}",))
     verdict: Verdict = "ready"

@@ -343,7 +343,7 @@ def test_ova_manifest_check(tmp_path: Path, tamper: bool) -> None:
     work = tmp_path / "work"
     work.mkdir()
     contents = open_ova(tmp_path / "t.ova", work)
-    assert contents.disks == (work / "d.vmdk",) and (work / "d.vmdk").stat().st_size == 4096
+    assert contents.disks == (work / "disk0-d.vmdk",) and (work / "disk0-d.vmdk").stat().st_size == 4096
     codes = {f.code for f in ova_findings(contents, True, "")}
     if tamper:
         assert contents.manifest.mismatched == ("d.vmdk",)

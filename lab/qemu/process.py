@@ -54,6 +54,17 @@ NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000": "e1000", "vmxnet3": "vmxnet3
 
 
 @dataclass(frozen=True)
+class Firmware:
+    """UEFI (OVMF) as two pflash drives: the read-only code and a per-boot copy of the variable
+    store (the caller copies it; qemu writes to it). ``secure_boot`` needs SMM and a code build
+    that enforces it (e.g. Debian's OVMF_CODE_4M.secboot.fd), as libvirt sets up for KubeVirt."""
+
+    code: Path
+    vars: Path
+    secure_boot: bool = False
+
+
+@dataclass(frozen=True)
 class QemuConfig:
     guest_name: str  # qemu -name guest=..., carries the lab id: vp-<lab-id>-<vm>
     directory: Path  # where the pid file, QMP socket and console log go
@@ -74,6 +85,9 @@ class QemuConfig:
     # (so the first NIC is enp1s0 in the guest), then disks, then the rng.
     pcie_root_ports: bool = False
     graphics: bool = False  # a VGA device, as KubeVirt attaches unless autoattachGraphicsDevice: false
+    video_model: str = "VGA"  # the -device for graphics: VGA (KubeVirt's "vga") or bochs-display
+    firmware: Firmware | None = None  # None: the machine's BIOS (SeaBIOS)
+    balloon: bool = False  # virtio-balloon, as KubeVirt attaches unless autoattachMemBalloon: false
     no_reboot: bool = True  # a reboot ends the process (the lab); a boot proof lets the guest reboot
     extra_args: tuple[str, ...] = ()
 
@@ -139,7 +153,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         "-name",
         f"guest={cfg.guest_name},debug-threads=on",
         "-machine",
-        cfg.machine,
+        cfg.machine + (",smm=on" if cfg.firmware and cfg.firmware.secure_boot else ""),
         "-accel",
         accel,
         "-cpu",
@@ -169,8 +183,14 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         argv += ["-initrd", str(cfg.initrd)]
     if cfg.append:
         argv += ["-append", cfg.append]
+    if cfg.firmware:
+        fw = cfg.firmware
+        if fw.secure_boot:
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={fw.code}"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=1,file={fw.vars}"]
     if cfg.graphics:
-        argv += ["-device", "VGA"]
+        argv += ["-device", cfg.video_model]
     ports = _RootPorts(cfg.pcie_root_ports)
     nics = [_nic_argv(i, nic, ports.next()) for i, nic in enumerate(cfg.nics)] if cfg.pcie_root_ports else []
     drives: list[str] = []
@@ -187,6 +207,8 @@ def build_argv(cfg: QemuConfig) -> list[str]:
     if cfg.rng:
         rng = ["-object", "rng-random,id=rng0,filename=/dev/urandom"]
         rng += ["-device", f"virtio-rng-pci,rng=rng0{ports.next()}"]
+    if cfg.balloon:
+        rng += ["-device", f"virtio-balloon-pci,id=balloon0{ports.next()}"]
     if cfg.pcie_root_ports:
         argv += ports.argv + [a for n in nics for a in n] + drives + devices
     else:
@@ -255,6 +277,10 @@ class QemuProcess:
 
     def resume(self) -> None:
         self.qmp.execute("cont")
+
+    def screendump(self, path: Path, timeout: float = 10.0) -> None:
+        """The guest's screen as a PPM file (QMP ``screendump``); needs a graphics device."""
+        self.qmp.execute("screendump", {"filename": str(path)}, timeout=timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask qemu to quit; SIGTERM then SIGKILL if it does not. Idempotent, never raises."""

@@ -1,10 +1,11 @@
 """``virtproof premigrate SOURCE...``: will these VMs survive the move to virtio?
 
-For each source disk (raw, qcow2, VMDK, VHD, VHDX) or OVA: inspect it without booting,
+For each source disk (raw, qcow2, VMDK, VHD, VHDX), OVA or VMX: inspect it without booting,
 convert it (and with ``--fix OUTDIR`` repair what the findings call for, on a copy), boot
 the result on the devices KubeVirt would give it, and say ready / needs-fixes / blocked.
 Samples go to a run directory; a verdict JSON per source goes to ``<run>/v2v/``.
-Exit code: 0 when every source is ready, 1 otherwise, 2 for bad input.
+Exit code: 0 when every source is ready, 1 otherwise, 2 for bad input (one line), 3 when this
+host cannot do the work (no guestfs binding, qemu or TCG): never a verdict on the VMs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from virtproof.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from virtproof.lab.kubevirt.schema import bundled_releases
 from virtproof.premigrate.bootproof import stop_all
 from virtproof.premigrate.gfs import guestfs_environment
+from virtproof.premigrate.host import check_host
 from virtproof.premigrate.imagefile import BadSource
 from virtproof.premigrate.pipeline import Options, SourceReport, precheck, validate_source
 from virtproof.premigrate.record import record_samples, write_verdict
@@ -39,7 +41,7 @@ def register(subparsers: Any) -> None:
         help="inspect, convert and boot-prove VM disks before a move",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    p.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="disk image or OVA")
+    p.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="disk image, OVA or .vmx")
     p.add_argument("--target", choices=("qemu", "kubevirt"), default="qemu")
     p.add_argument("--fix", type=Path, metavar="OUTDIR", help="write converted (and fixed) disks here")
     p.add_argument(
@@ -87,6 +89,8 @@ def _summary_line(report: SourceReport) -> str:
     text = "".join(parts)
     for reason in report.decision.reasons if report.decision else ():
         text += f"\n    - {reason}"
+    if report.boot and report.boot.screen_png and report.verdict != "ready":
+        text += f"\n    last screen: {report.boot.screen_png}"
     for finding in report.findings:
         if finding.severity != "info":
             text += f"\n    [{finding.severity}] {finding.code}: {finding.message}"
@@ -95,6 +99,7 @@ def _summary_line(report: SourceReport) -> str:
 
 def run(args: argparse.Namespace) -> int:
     guestfs_environment()
+    check_host()
     kinds: dict[Path, str] = {}
     for source in args.sources:
         try:
@@ -138,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         measure_bare=not args.no_bare,
         manifest_dir=verdict_dir,
         kubevirt_release=args.kubevirt_version,
+        evidence_dir=verdict_dir,
     )
     verdict_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"vp-v2v-{run_id}-"))
