@@ -152,6 +152,26 @@ def _qemu_img_info(path: Path, fmt: str) -> dict[str, object]:
     return info
 
 
+def _integrity(path: Path, fmt: str) -> None:
+    """``qemu-img check`` of the image's metadata: a truncated or corrupt qcow2 reads as zeros where
+    its clusters are missing (qemu-img convert succeeds), so it is refused here instead."""
+    if fmt not in ("qcow2", "vhdx"):
+        return  # VMDK: a truncated grain fails the conversion itself; raw and VHD have no metadata
+    argv = ["qemu-img", "check", "-f", fmt, "--output=json", "--force-share", str(path)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise BadSource(f"{path}: qemu-img check did not finish within 300 s") from None
+    if proc.returncode in (0, 3):  # 3: leaked clusters only, harmless for a read
+        return
+    try:
+        report = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    except json.JSONDecodeError:
+        report = {}
+    corruptions = report.get("corruptions", "?") if isinstance(report, dict) else "?"
+    raise BadSource(f"{path}: a truncated or corrupt {FORMAT_NAMES[fmt]} image ({corruptions} corruptions found)")
+
+
 def image_facts(path: Path) -> ImageFacts:
     if not path.is_file():
         raise BadSource(f"{path}: no such file")
@@ -179,6 +199,7 @@ def image_facts(path: Path) -> ImageFacts:
         )
     if virtual <= 0:
         raise BadSource(f"{path}: virtual size {virtual}: an empty or broken image")
+    _integrity(path, fmt)
     subformat = specific.get("create-type")
     return ImageFacts(
         path=path,

@@ -158,7 +158,7 @@ def _efi_loaders(g: Any, firmware: str) -> tuple[str, ...]:
             continue
         try:
             if g.is_dir("/EFI"):
-                found += [f"EFI/{p}" for p in g.find("/EFI") if str(p).lower().endswith(".efi")]
+                found += [f"EFI/{str(p).lstrip('/')}" for p in g.find("/EFI") if str(p).lower().endswith(".efi")]
         finally:
             g.umount_all()
     return tuple(sorted(found)[:32])

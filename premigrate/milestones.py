@@ -30,13 +30,28 @@ USERSPACE = re.compile(
     re.M,
 )
 LOGIN = re.compile(r"\S+ login: ?$|virtproof: ready", re.M)
-FAILURES = re.compile(
-    r"ALERT! .* does not exist|Gave up waiting for root|Kernel panic[^\n]*|Dropping to a shell"
-    r"|virtproof: root device \S+ not found|You are in emergency mode|Unable to mount root|No init found"
-    r"|Loading \S+\.\.\. failed|No bootable device|Boot failed: could not read the boot disk"
-    r"|grub rescue>|error: (no such device|file `[^']*' not found|unknown filesystem)[^\n]*"
-    r"|BdsDxe: failed to load[^\n]*|No bootable option or device was found"
+# Most telling first: the first pattern that matches anywhere names the failure.
+FAILURE_PATTERNS = tuple(
+    re.compile(p)
+    for p in (
+        r"ALERT! .* does not exist",
+        r"Kernel panic[^\n]*",
+        r"virtproof: root device \S+ not found",
+        r"You are in emergency mode",
+        r"Unable to mount root[^\n]*",
+        r"No init found",
+        r"grub rescue>",
+        r"error: (no such device|file `[^']*' not found|unknown filesystem)[^\n]*",
+        r"BdsDxe: failed to load[^\n]*",
+        r"No bootable option or device was found",
+        r"No bootable device",
+        r"Boot failed: could not read the boot disk",
+        r"Loading \S+\.\.\. failed",
+        r"Gave up waiting for root[^\n]*",
+        r"Dropping to a shell",
+    )
 )
+FAILURES = re.compile("|".join(p.pattern for p in FAILURE_PATTERNS))
 
 
 @dataclass(frozen=True)
@@ -68,8 +83,11 @@ def stages(seen: Seen) -> list[str]:
 
 
 def failure(seen: Seen) -> str | None:
-    match = FAILURES.search(seen.console) or FAILURES.search(seen.screen_text)
-    return match.group(0).strip() if match else None
+    for pattern in FAILURE_PATTERNS:
+        match = pattern.search(seen.console) or pattern.search(seen.screen_text)
+        if match:
+            return match.group(0).strip()
+    return None
 
 
 def where_stopped(seen: Seen, booted_fully: bool) -> str:

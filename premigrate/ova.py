@@ -258,6 +258,8 @@ def safe_members(tar: tarfile.TarFile, where: Path, archive_bytes: int) -> dict[
             raise BadSource(f"{where}: refused: member {name!r} is a device, FIFO or special file")
         if member.issparse():
             raise BadSource(f"{where}: refused: member {name!r} is a sparse tar member (expands past the archive)")
+        if member.offset_data + member.size > archive_bytes:
+            raise BadSource(f"{where}: member {name!r} is truncated: the archive ends inside it")
         total += member.size
         if total > archive_bytes:
             raise BadSource(f"{where}: members claim {total} bytes, more than the archive holds ({archive_bytes})")
@@ -298,6 +300,11 @@ def open_ova(path: Path, workdir: Path) -> OvaContents:
         raise BadSource(f"{path}: a truncated or corrupt OVA: {exc}") from None
 
 
+def _check_disk_name(path: Path, name: str) -> None:
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise BadSource(f"{path}: refused: the OVF names disk file {name!r}, not a file of the archive")
+
+
 def check_ova(path: Path) -> OvfInfo:
     """The checks of ``open_ova`` that need no extraction: members, OVF (for a precheck)."""
     try:
@@ -313,6 +320,7 @@ def check_ova(path: Path) -> OvfInfo:
             ovf_bytes = _read_member(tar, members[ovf_names[0]], MAX_OVF_BYTES, str(path))
             info = parse_ovf(ovf_bytes.decode("utf-8", "replace"), f"{path}:{ovf_names[0]}")
             for disk in info.disks:
+                _check_disk_name(path, disk.file)
                 if disk.file not in members:
                     raise BadSource(f"{path}: the OVF names disk file {disk.file!r} that the archive does not hold")
             if not info.disks:
@@ -334,8 +342,7 @@ def _read_ova(path: Path, tar: tarfile.TarFile, workdir: Path) -> OvaContents:
     manifest = _check_manifest(tar, members, str(path))
     out: list[Path] = []
     for disk in info.disks:
-        if not disk.file or "/" in disk.file or "\\" in disk.file or disk.file in (".", ".."):
-            raise BadSource(f"{path}: refused: the OVF names disk file {disk.file!r}, not a file of the archive")
+        _check_disk_name(path, disk.file)
         member = members.get(disk.file)
         if member is None:
             raise BadSource(f"{path}: the OVF names disk file {disk.file!r} that the archive does not hold")
