@@ -97,13 +97,11 @@ CONTENT = st.one_of(
 )
 
 
+KINDS = st.sampled_from(["file", "file", "file", "dir", "sym", "link", "fifo", "chr"])
+
+
 @FUZZ
-@given(
-    st.lists(st.tuples(NAMES, st.sampled_from(["file", "file", "file", "dir", "sym", "link", "fifo", "chr"]), CONTENT),
-             max_size=6),  # fmt: skip
-    st.integers(0, 4000),
-    st.booleans(),
-)
+@given(st.lists(st.tuples(NAMES, KINDS, CONTENT), max_size=6), st.integers(0, 4000), st.booleans())
 def test_ova_reader_takes_any_tar(entries: list[tuple[str, str, bytes]], cut: int, truncate: bool) -> None:
     blob = _tar(entries)
     if truncate:
