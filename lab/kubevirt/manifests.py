@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from virtproof.lab.kubevirt.features import post_copy_completion_timeout_per_gib
 from virtproof.lab.kubevirt.resources import DATAVOLUME, MIGRATION_POLICY, RUN_LABEL, VM, VM_LABEL, VMIM
 from virtproof.lab.platform import MigrationPolicy, PlatformError, VMSpec
 
@@ -125,7 +126,13 @@ def virtual_machine(spec: VMSpec, namespace: str, run_id: str, source: DiskSourc
         "volumes": volumes,
     }
     if spec.node:
-        template_spec["nodeSelector"] = {HOSTNAME_LABEL: spec.node}
+        # A preference, not a nodeSelector: KubeVirt copies the VMI's nodeSelector and required
+        # affinity into the migration target pod, which must land on another node
+        # (virt-controller pkg/virt-controller/services/template.go renderLaunchManifest and
+        # watch/migration/migration.go createTargetPod), so a hard pin makes the VM unmovable.
+        template_spec["affinity"] = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "preference": {"matchExpressions": [
+                {"key": HOSTNAME_LABEL, "operator": "In", "values": [spec.node]}]}}]}}
     body: Obj = {
         "apiVersion": VM.api_version,
         "kind": VM.kind,
@@ -163,6 +170,8 @@ def namespace(name: str, run_id: str) -> Obj:
 
 
 def migration(name: str, vmi_name: str, namespace: str, run_id: str, target_node: str | None) -> Obj:
+    """A VirtualMachineInstanceMigration; ``target_node`` only where the release has
+    ``addedNodeSelector`` (v1.6+: ``features.KubeVirtFeatures.added_node_selector``)."""
     spec: Obj = {"vmiName": vmi_name}
     if target_node:
         spec["addedNodeSelector"] = {HOSTNAME_LABEL: target_node}
@@ -184,13 +193,18 @@ def policy_name(run_id: str, policy: MigrationPolicy) -> str:
 
 
 def migration_policy(run_id: str, policy: MigrationPolicy) -> Obj | None:
-    """A MigrationPolicy selecting VMIs labelled with its name; None for a plain pre-copy."""
+    """A MigrationPolicy selecting VMIs labelled with its name; None for a plain pre-copy.
+
+    Post-copy: KubeVirt switches only once ``completionTimeoutPerGiB`` x the guest's GiB has
+    passed (default 150 s/GiB), so the policy sets it to switch after about a second per GiB;
+    without it a "post-copy" run of a small guest is a pre-copy run (see ``features``)."""
     if policy.mode == "precopy" and not policy.bandwidth_mibps and not policy.downtime_limit_ms:
         return None
     name = policy_name(run_id, policy)
     spec: Obj = {"selectors": {"virtualMachineInstanceSelector": {POLICY_LABEL: name}}}
     if policy.mode == "postcopy":
         spec["allowPostCopy"] = True
+        spec["completionTimeoutPerGiB"] = post_copy_completion_timeout_per_gib()
     if policy.mode == "auto_converge":
         spec["allowAutoConverge"] = True
     if policy.bandwidth_mibps:

@@ -7,6 +7,7 @@ finish within the policy's timeout is cancelled by deleting its migration object
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from virtproof.lab.kubevirt import manifests
-from virtproof.lab.kubevirt.resources import MIGRATION_POLICY, VMI, VMIM
+from virtproof.lab.kubevirt.resources import MIGRATION_POLICY, VM_LABEL, VMI, VMIM
 from virtproof.lab.kubevirt.timeline import parse_time
 from virtproof.lab.platform import Capability, MigrationPolicy, MigrationResult, PlatformError, require
 
@@ -63,7 +64,10 @@ def _result(vm: KubeVirtVM, source: str, target: str, policy: MigrationPolicy, s
     source_kind: Any = "platform"
     if start is None or end is None:
         start, end, source_kind = requested, time.time(), "harness"
-    mode = _MODES.get(str(state.get("mode") or ""), policy.mode)
+    # The mode the migration really ran in (migrationState.mode, written by the source
+    # virt-handler), not the one asked for: a "post-copy" policy that never reached its
+    # completion timeout ran pre-copy.
+    mode = _MODES.get(str(state.get("mode") or ""), "unreported")
     if policy.mode == "auto_converge" and mode == "precopy":
         mode = "auto_converge"
     pending = phases.get("Pending")
@@ -88,8 +92,11 @@ def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationP
     _apply_policy(p, vm, policy)
     name = p.next_migration_name(vm.name)
     requested = time.time()
+    # Choose the target only where the release can (addedNodeSelector, v1.6+); elsewhere the
+    # scheduler picks another node and the result says which.
+    chosen = target if p.cluster_facts.features.added_node_selector else None
     try:
-        created = p.kube.create(VMIM, manifests.migration(name, vm.name, p.namespace, p.config.run_id, target),
+        created = p.kube.create(VMIM, manifests.migration(name, vm.name, p.namespace, p.config.run_id, chosen),
                                 p.namespace)
     except ApiException as exc:
         raise PlatformError(f"creating migration {name}: {p._api_error(exc)}") from None
@@ -98,7 +105,12 @@ def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationP
 
     def finished() -> bool:
         state = vm.record.migration_state
-        return state.get("migrationUid") == uid and bool(state.get("completed") or state.get("failed"))
+        if state.get("migrationUid") == uid and bool(state.get("completed") or state.get("failed")):
+            return True
+        # A migration that fails before the hand-off never writes the VMI's migrationState:
+        # its own phase says so (virt-controller watch/migration/migration.go).
+        own = rec.migrations.get(name)
+        return own is not None and own.phase == "Failed"
 
     error = None
     if not rec.wait_for(finished, policy.timeout_s):
@@ -115,7 +127,12 @@ def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationP
                  or (name in rec.migrations and rec.migrations[name].deleted), 5.0)
     with rec.cond:
         state = dict(vm.record.migration_state)
-        phases = dict(rec.migrations[name].phases) if name in rec.migrations else {}
+        own = rec.migrations.get(name)
+        phases = dict(own.phases) if own is not None else {}
+        if state.get("migrationUid") != uid:  # failed before the hand-off: nothing of it on the VMI
+            state = {}
+            if error is None and own is not None and own.phase == "Failed":
+                error = f"migration {name} Failed before the hand-off: {own.reason or 'no reason given'}"
     return _result(vm, source, target, policy, state, phases, requested, error)
 
 
@@ -137,6 +154,7 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
     require(p, Capability.NODE_DRAIN)
     vms = [vm for vm in p.vms.values() if vm.record.node == node]
     before = {vm.name: vm.record.migration_state.get("migrationUid") for vm in vms}
+    refused: dict[str, str] = {}  # VMI -> why its eviction was refused without a migration
     requested = time.time()
     _cordon(p, node, True)
     try:
@@ -151,12 +169,22 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
             try:
                 p.kube.core.create_namespaced_pod_eviction(pod_name, p.namespace, body)
             except ApiException as exc:
-                # 429: KubeVirt's webhook refused the eviction and started an evacuation migration.
-                if exc.status not in (429, 404):
+                if exc.status == 404:
+                    continue
+                if exc.status != 429:
                     raise PlatformError(f"evicting {pod_name}: {p._api_error(exc)}") from None
+                # virt-api's pod eviction admitter answers 429 both when it started an evacuation
+                # ("Eviction triggered evacuation of VMI") and when the VMI cannot move ("... is
+                # not live-migratable", e.g. RWO volumes): tell them apart by its message
+                # (pkg/virt-api/webhooks/validating-webhook/admitters/pod-eviction-admitter.go).
+                message = eviction_message(exc)
+                if "not live-migratable" in message or "failed" in message:
+                    refused[pod_vmi(pod)] = message
 
         def moved() -> bool:
             for vm in vms:
+                if vm.name in refused:
+                    continue
                 state = vm.record.migration_state
                 if state.get("migrationUid") == before[vm.name]:
                     return False
@@ -169,6 +197,8 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
         for vm in vms:
             state = dict(vm.record.migration_state)
             error = None if done else f"evacuation not finished after {timeout:.0f} s"
+            if vm.name in refused:
+                state, error = {}, f"cannot live-migrate: {refused[vm.name]}"
             if state.get("migrationUid") == before[vm.name]:
                 state = {}
             results.append(_result(vm, node, vm.record.node, MigrationPolicy(), state, {}, requested, error))
@@ -176,3 +206,20 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
     finally:
         if uncordon_after:
             _cordon(p, node, False)
+
+
+def eviction_message(exc: ApiException) -> str:
+    """The admission message of a refused eviction (the Status body's ``message``)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        return str(exc.body or exc.reason or "")
+    return str(body.get("message") or exc.reason or "") if isinstance(body, dict) else str(body)
+
+
+def pod_vmi(pod: Any) -> str:
+    """The VMI a virt-launcher pod runs (its ``kubevirt.io/domain`` annotation, else the VM label)."""
+    meta = pod.metadata
+    annotations = (meta.annotations or {}) if meta else {}
+    labels = (meta.labels or {}) if meta else {}
+    return str(annotations.get("kubevirt.io/domain") or labels.get(VM_LABEL) or "")

@@ -27,7 +27,6 @@ from virtproof.lab.kubevirt.manifests import DiskSource
 from virtproof.lab.kubevirt.preflight import (
     NAMESPACE_PERMS,
     OPTIONAL,
-    POLICY_CAPS,
     REQUIRED,
     ClusterFacts,
     check_permissions,
@@ -151,7 +150,9 @@ class KubeVirtPlatform:
             if policies_ok or facts.migrations.get("allowAutoConverge") or facts.policies_allow_auto_converge:
                 caps.add(Capability.AUTO_CONVERGE)
             if policies_ok:
-                caps.update(c for c in POLICY_CAPS if c not in (Capability.POST_COPY, Capability.AUTO_CONVERGE))
+                caps.add(Capability.MIGRATION_BANDWIDTH_LIMIT)
+                if facts.features.max_downtime:  # v1.9+ with the MigrationStallDetection gate
+                    caps.add(Capability.MIGRATION_DOWNTIME_LIMIT)
             if not check_permissions(kube, namespace, OPTIONAL[Capability.NODE_DRAIN]):
                 caps.add(Capability.NODE_DRAIN)
         if facts.cdi_version and not check_permissions(kube, namespace, OPTIONAL[Capability.DISK_IMPORT]):

@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from virtproof.lab.kubevirt.features import KubeVirtFeatures
 from virtproof.lab.kubevirt.resources import CDI, KUBEVIRT, MIGRATION_POLICY, Kube, Obj
 from virtproof.lab.platform import Capability, PlatformError
 
@@ -64,9 +65,6 @@ OPTIONAL: dict[Capability, tuple[Permission, ...]] = {
     Capability.POST_COPY: tuple(_perms("create get delete", "migrationpolicies", "migrations.kubevirt.io",
                                        namespaced=False)),
 }
-# Capabilities that need a MigrationPolicy (so the migrationpolicies permissions)
-POLICY_CAPS = (Capability.POST_COPY, Capability.AUTO_CONVERGE, Capability.MIGRATION_BANDWIDTH_LIMIT,
-               Capability.MIGRATION_DOWNTIME_LIMIT)
 
 
 def check_permissions(kube: Kube, namespace: str, perms: Iterable[Permission]) -> list[Permission]:
@@ -110,6 +108,7 @@ class ClusterFacts:
     cdi_version: str | None = None
     policies_allow_postcopy: bool = False
     policies_allow_auto_converge: bool = False
+    features: KubeVirtFeatures = field(default_factory=lambda: KubeVirtFeatures(None))
 
     def manifest(self) -> dict[str, str]:
         out = {"kubernetes": self.kubernetes_version, "kubevirt": self.kubevirt_version}
@@ -164,4 +163,5 @@ def inspect_cluster(kube: Kube, require_cdi: bool) -> ClusterFacts:
         cdi_version=cdi_version,
         policies_allow_postcopy=postcopy,
         policies_allow_auto_converge=autoconv,
+        features=KubeVirtFeatures.from_kubevirt_cr(kv),
     )

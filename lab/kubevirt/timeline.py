@@ -41,6 +41,7 @@ class MigrationRecord:
     phases: dict[str, float] = field(default_factory=dict)
     phase: str = ""
     deleted: bool = False
+    reason: str = ""  # why it failed: status.migrationState.failureReason, else a condition's message
 
 
 @dataclass
@@ -195,6 +196,10 @@ class Recorder:
                 if ts is not None and item.get("phase"):
                     record.phases.setdefault(str(item["phase"]), ts)
             record.phase = str(status.get("phase") or record.phase)
+            state = status.get("migrationState") or {}
+            messages = [str(c.get("message") or c.get("reason") or "") for c in status.get("conditions") or []
+                        if c.get("status") == "True"]
+            record.reason = str(state.get("failureReason") or next((m for m in messages if m), record.reason))
             self.cond.notify_all()
         self._account(start, received)
 

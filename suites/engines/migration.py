@@ -38,7 +38,8 @@ from virtproof.scenarios.migration import DirtyWorkload, HttpWorkload, Migration
 from virtproof.suites.factory import Recorder, VMFactory
 
 SETTLE_S = 1.5  # after a move, let the prober see the guest answer again before reading its log
-MARKER = "/root/vp-migration-marker"
+MARKER = "$HOME/.vp-migration-marker"  # the login user's home: root on the micro guest, the cloud user elsewhere
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 class GuestTrouble(AssertionError):
@@ -55,7 +56,7 @@ class GuestUnderTest:
     workload_pid: str | None
     prober: Prober | None
     load: LocustRun | None
-    address: str
+    boot_id: str  # the guest kernel's random boot id: a different one means a different (rebooted) guest
     problems: list[str] = field(default_factory=list)
 
 
@@ -94,7 +95,7 @@ def start_guest(factory: VMFactory, access: GuestAccess, suite: MigrationSuite, 
         ) from exc
     marker = secrets.token_hex(8)
     workload_pid: str | None = None
-    command = f"echo {marker} > {MARKER}; sync; cut -d' ' -f1 /proc/uptime"
+    command = f"echo {marker} > {MARKER}; sync; cat {BOOT_ID}; cut -d' ' -f1 /proc/uptime"
     if isinstance(suite.workload, DirtyWorkload):
         w = suite.workload
         command += (
@@ -102,7 +103,7 @@ def start_guest(factory: VMFactory, access: GuestAccess, suite: MigrationSuite, 
             " i=0; while [ ! -s /run/vp-dirty.pid ] && [ $i -lt 50 ]; do usleep 100000; i=$((i+1)); done;"
             " cat /run/vp-dirty.pid"
         )
-    lines = guest_ssh(vm, access, command).split()
+    boot_id, *lines = guest_ssh(vm, access, command).split()
     if isinstance(suite.workload, DirtyWorkload):
         workload_pid = lines[1] if len(lines) > 1 else None
         if not workload_pid:
@@ -117,12 +118,15 @@ def start_guest(factory: VMFactory, access: GuestAccess, suite: MigrationSuite, 
         load.wait_started(60)
         if "gevent" in sys.modules:
             raise GuestTrouble("locust's gevent reached the harness process")
-    return GuestUnderTest(vm, marker, float(lines[0]), workload_pid, None, load, str(http))
+    return GuestUnderTest(vm, marker, float(lines[0]), workload_pid, None, load, boot_id)
 
 
 def check_same_guest(guest: GuestUnderTest, access: GuestAccess) -> list[str]:
-    """Problems with the guest after a move (empty: it is the same guest, still working)."""
-    command = f"cat {MARKER}; cut -d' ' -f1 /proc/uptime"
+    """Problems with the guest after a move (empty: it is the same guest, still working).
+
+    Identity is what the guest is, never where it is reached: its boot id, a value written before
+    the move, an uptime that did not reset. On a platform the address may change with the node."""
+    command = f"cat {MARKER}; cut -d' ' -f1 /proc/uptime; cat {BOOT_ID}"
     if guest.workload_pid:
         command += f"; kill -0 {guest.workload_pid} 2>/dev/null && echo workload-running || echo workload-gone"
     try:
@@ -137,10 +141,10 @@ def check_same_guest(guest: GuestUnderTest, access: GuestAccess) -> list[str]:
     if uptime < guest.uptime:
         problems.append(f"{guest.vm.name}: uptime went from {guest.uptime:.1f} s to {uptime:.1f} s (rebooted)")
     guest.uptime = max(guest.uptime, uptime)
-    if guest.workload_pid and (len(lines) < 3 or lines[2] != "workload-running"):
+    if len(lines) < 3 or lines[2] != guest.boot_id:
+        problems.append(f"{guest.vm.name}: boot id {lines[2:3]} is not {guest.boot_id!r}: a different guest")
+    if guest.workload_pid and (len(lines) < 4 or lines[3] != "workload-running"):
         problems.append(f"{guest.vm.name}: the memory workload (pid {guest.workload_pid}) is no longer running")
-    if str(guest.vm.http_endpoint()) != guest.address:
-        problems.append(f"{guest.vm.name}: its address changed from {guest.address} to {guest.vm.http_endpoint()}")
     return problems
 
 
