@@ -86,7 +86,8 @@ class KindLab(KubeAccess):
 
     kind: Literal["kind"]
     cluster_name: str = Field("virtproof", pattern=_NAME, max_length=40)
-    nodes: int = Field(2, ge=1, le=8, description="1 control plane + nodes-1 workers")
+    # Worker nodes besides the (tainted) control plane: live migration needs two schedulable ones.
+    workers: int = Field(2, ge=1, le=8, description="worker nodes; the control plane is one more")
     node_image: str = Field(KIND_NODE_IMAGE, pattern=_IMAGE)
     kubevirt_version: str = Field(KUBEVIRT_VERSION, pattern=_VERSION)
     cdi_version: str = Field(CDI_VERSION, pattern=_VERSION)

@@ -20,7 +20,7 @@ from virtproof.scenarios.model import ScenarioError, load_scenario, parse_scenar
 KIND = """name: k
 lab:
   kind: kind
-  nodes: {nodes}
+  workers: {nodes}
   emulation: {emulation}
   images: {{micro: {{container_disk: quay.io/containerdisks/fedora:41, user: fedora}}}}
 guest: {{image: micro, memory: 1Gi}}
@@ -44,7 +44,7 @@ def _heredocs(lines: list[str]) -> list[str]:
 @pytest.mark.parametrize(("emulation", "mount"), [("on", False), ("off", True)])
 def test_kind_plan_lists_config_commands_and_valid_manifests(emulation: str, mount: bool) -> None:
     kubevirt_schema.load_schemas()
-    scenario = parse_scenario(KIND.format(nodes=3, emulation=emulation))
+    scenario = parse_scenario(KIND.format(nodes=2, emulation=emulation))
     handle = open_lab(scenario, "plan-1")
     lines = handle.plan()
     text = "\n".join(lines)
@@ -99,10 +99,12 @@ def test_kubeadm_plan_orders_host_steps_init_join_cni_and_installs(project_root:
     steps = [re.match(r"# step (\S+) on (\S+)", line).groups() for line in lines  # type: ignore[union-attr]
              if line.startswith("# step ")]
     names = [s[0] for s in steps]
-    assert names.count("containerd") == 2 and names.count("kubeadm-packages") == 2
+    assert names.count("containerd") == 3 and names.count("kubeadm-packages") == 3  # a plane, two workers
+    assert names.count("kubeadm-join") == 2
     assert names.index("kubeadm-init") < names.index("cni-flannel") < names.index("kubeadm-join")
     assert names.index("kubeadm-join") < names.index("nodes-ready") < names.index("kubevirt-operator")
-    assert ("kubeadm-join", "192.0.2.11:22") in steps and ("kubeadm-init", "192.0.2.10:22") in steps
+    assert ("kubeadm-join", "192.0.2.11:22") in steps and ("kubeadm-join", "192.0.2.12:22") in steps
+    assert ("kubeadm-init", "192.0.2.10:22") in steps
     assert names[-1] == "virtproof-rbac"
     text = "\n".join(lines)
     assert "kubeadm init --pod-network-cidr=10.244.0.0/16 --apiserver-advertise-address=192.0.2.10" in text
@@ -126,7 +128,7 @@ def test_lab_plan_command_prints_the_plan(virtproof_cmd: list[str], project_root
     ("lab: {kind: kubeadm, hosts: [{address: h, key: k}]}", "lab: needs exactly one host with role control-plane"),
     ("lab: {kind: existing, images: {micro: {user: u}}}", "lab.images.micro: needs exactly one of container_disk"),
     ("lab: {kind: existing, images: {m: {container_disk: x, cloud_init: false}}}", "needs private_key and host_key"),
-    ("lab: {kind: kind, nodes: 0}", "lab.nodes: must be at least 1"),
+    ("lab: {kind: kind, workers: 0}", "lab.workers: must be at least 1"),
     ("lab: {kind: kind, kubevirt_version: latest}", "lab.kubevirt_version: must match"),
     ("lab: {kind: existing, namespace: Bad_NS}", "lab.namespace: must match"),
 ])
@@ -164,3 +166,25 @@ def test_step_runner_skips_done_steps_retries_transient_and_names_failures(tmp_p
         run_steps([Step("lying", "true", check="false")], lambda _: local)
     out = run_steps([Step("stdin", f"cat > {tmp_path / 'm.yaml'}", stdin="kind: X\n")], lambda _: local)
     assert out.entries == [("stdin", "done")] and (tmp_path / "m.yaml").read_text() == "kind: X\n"
+
+
+def test_a_kind_lab_has_two_schedulable_workers_by_default() -> None:
+    spec = parse_scenario(KIND.replace("  workers: {nodes}\n", "").format(emulation="on")).lab
+    assert [n["role"] for n in kind_config(spec, mount_kvm=False)["nodes"]] == [  # type: ignore[arg-type]
+        "control-plane", "worker", "worker"]
+
+
+def test_a_downtime_limit_enables_the_gate_v1_9_needs_and_nothing_else() -> None:
+    base = KIND.format(nodes=2, emulation="on")
+    plain = "\n".join(open_lab(parse_scenario(base), "plan-g1").plan())
+    assert "featureGates: []" in plain
+    migration = base.replace("suites: {boot: {count: 1}}",
+                             "suites: {migration: {policy: {downtime_limit_ms: 50}}}")
+    gated = "\n".join(open_lab(parse_scenario(migration), "plan-g2").plan())
+    assert "- MigrationStallDetection" in gated
+
+
+def test_kubeadm_prerequisites_survive_a_reboot() -> None:
+    lines = "\n".join(open_lab(load_scenario(Path("scenarios/kubeadm-kubevirt.yaml")).scenario, "plan-3").plan())
+    assert "/etc/modules-load.d/90-virtproof-k8s.conf" in lines
+    assert "/etc/fstab" in lines and "swapoff -a" in lines

@@ -83,3 +83,21 @@ def test_wrong_pinned_host_key_is_refused(host: SSHExecutor) -> None:
                         host.known_hosts)
     with pytest.raises(SSHError, match="not the pinned one"):
         other.execute("true", None, 10)
+
+
+def test_emulation_is_decided_on_the_workers_where_vms_run(host: SSHExecutor, tmp_path: Path) -> None:
+    """Issue 12 item 13: the control plane is never asked; each worker is, over real SSH (the micro
+    guest has no /dev/kvm, so the answer is 'emulate')."""
+    text = ("name: k\nlab:\n  kind: kubeadm\n  hosts: [{address: 10.9.9.1, key: /k, role: control-plane},\n"
+            "    {address: 127.0.0.1, port: 22, key: /k}, {address: 127.0.0.2, port: 22, key: /k}]\n"
+            "suites: {boot: {}}\n")
+    cluster = KubeadmCluster(parse_scenario(text).lab, tmp_path)  # type: ignore[arg-type]
+    assert [h.address for h in cluster.runs_vms()] == ["127.0.0.1", "127.0.0.2"]
+    asked: list[str] = []
+    cluster._executors = {f"{h.address}:22": host for h in cluster.runs_vms()}  # both workers are the guest
+    said: list[str] = []
+    for worker in cluster.runs_vms():
+        asked.append(worker.address)
+        assert cluster.kvm_on(worker, said.append) is False
+    assert asked == ["127.0.0.1", "127.0.0.2"]
+    assert said == ["127.0.0.1: KVM not available", "127.0.0.2: KVM not available"]

@@ -26,6 +26,7 @@ from virtproof.lab.clusters.steps import StepFailed
 from virtproof.lab.kubevirt import cleanup
 from virtproof.lab.kubevirt.config import ImageConfig, KubeVirtConfig
 from virtproof.lab.kubevirt.connect import ConnectOptions, KubeconfigError, connect
+from virtproof.lab.kubevirt.features import STALL_DETECTION_GATE
 from virtproof.lab.kubevirt.manifests import DiskSource, guest_service, namespace
 from virtproof.lab.kubevirt.platform import KubeVirtPlatform
 from virtproof.lab.kubevirt.resources import Kube
@@ -72,6 +73,15 @@ def _kvm_boots() -> bool:
         return False
 
 
+def feature_gates_for(scenario: Scenario) -> tuple[str, ...]:
+    """KubeVirt feature gates a lab enables because the scenario needs them, and no others: a
+    migration downtime limit (maxDowntimeMs) needs MigrationStallDetection on v1.9."""
+    migration = scenario.suites.migration
+    if migration is not None and migration.policy.downtime_limit_ms:
+        return (STALL_DETECTION_GATE,)
+    return ()
+
+
 class KubeVirtLabHandle:
     def __init__(self, scenario: Scenario, lab_id: str, persistent: bool = False,
                  kvm_boots: Callable[[], bool] = _kvm_boots) -> None:
@@ -85,10 +95,11 @@ class KubeVirtLabHandle:
         self.persistent = persistent
         self.state_dir = lab_state_dir(lab_id)
         self.cluster: KindCluster | KubeadmCluster | None = None
+        gates = feature_gates_for(scenario)
         if isinstance(lab, KindLab):
-            self.cluster = KindCluster(lab, self.state_dir, kvm_boots)
+            self.cluster = KindCluster(lab, self.state_dir, kvm_boots, gates)
         elif isinstance(lab, KubeadmLab):
-            self.cluster = KubeadmCluster(lab, self.state_dir)
+            self.cluster = KubeadmCluster(lab, self.state_dir, gates)
 
     # configuration ----------------------------------------------------------------------
     def config(self) -> KubeVirtConfig:

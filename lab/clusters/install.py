@@ -14,8 +14,10 @@ CDI_RELEASES = "https://github.com/kubevirt/containerized-data-importer/releases
 RBAC_DIR = resources.files("virtproof.deploy").joinpath("rbac")  # package data
 
 
-def kubevirt_cr(use_emulation: bool) -> dict[str, Any]:
-    """The KubeVirt CR: emulation where KVM does not work; LiveMigrate eviction by default."""
+def kubevirt_cr(use_emulation: bool, feature_gates: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The KubeVirt CR: emulation where KVM does not work; LiveMigrate eviction by default; the
+    feature gates the scenario needs (e.g. MigrationStallDetection for a downtime limit, which
+    v1.9's MigrationPolicy admitter otherwise refuses) and no others."""
     return {
         "apiVersion": "kubevirt.io/v1",
         "kind": "KubeVirt",
@@ -23,7 +25,7 @@ def kubevirt_cr(use_emulation: bool) -> dict[str, Any]:
         "spec": {
             "certificateRotateStrategy": {},
             "configuration": {
-                "developerConfiguration": {"useEmulation": use_emulation, "featureGates": []},
+                "developerConfiguration": {"useEmulation": use_emulation, "featureGates": list(feature_gates)},
                 "evictionStrategy": "LiveMigrate",
             },
             "customizeComponents": {},
@@ -44,14 +46,15 @@ def cdi_cr() -> dict[str, Any]:
 
 
 def install_steps(kubectl: str, kubevirt_version: str, cdi_version: str, use_emulation: bool,
-                  host: str = "local") -> list[Step]:
+                  host: str = "local", feature_gates: tuple[str, ...] = ()) -> list[Step]:
     kv_operator = f"{KUBEVIRT_RELEASES}/{kubevirt_version}/kubevirt-operator.yaml"
     cdi_operator = f"{CDI_RELEASES}/{cdi_version}/cdi-operator.yaml"
     rbac = RBAC_DIR.joinpath("virtproof-clusterrole.yaml").read_text(encoding="utf-8")
     return [
         Step("kubevirt-operator", f"{kubectl} apply -f {kv_operator}", retries=3, host=host,
              check=f"{kubectl} -n kubevirt get deployment virt-operator >/dev/null 2>&1"),
-        Step("kubevirt-cr", f"{kubectl} apply -f -", stdin=yaml.safe_dump(kubevirt_cr(use_emulation), sort_keys=False),
+        Step("kubevirt-cr", f"{kubectl} apply -f -",
+             stdin=yaml.safe_dump(kubevirt_cr(use_emulation, feature_gates), sort_keys=False),
              retries=3, host=host, check=f"{kubectl} -n kubevirt get kubevirt kubevirt >/dev/null 2>&1"),
         Step("kubevirt-available",
              f"{kubectl} -n kubevirt wait kubevirt kubevirt --for condition=Available --timeout=15m",

@@ -30,7 +30,7 @@ def kind_config(spec: KindLab, mount_kvm: bool) -> dict[str, Any]:
         return n
 
     return {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4", "name": spec.cluster_name,
-            "nodes": [node("control-plane")] + [node("worker") for _ in range(spec.nodes - 1)]}
+            "nodes": [node("control-plane")] + [node("worker") for _ in range(spec.workers)]}
 
 
 def decide_emulation(spec: KindLab, kvm_boots: Callable[[], bool]) -> bool:
@@ -41,8 +41,10 @@ def decide_emulation(spec: KindLab, kvm_boots: Callable[[], bool]) -> bool:
 
 
 class KindCluster:
-    def __init__(self, spec: KindLab, state_dir: Path, kvm_boots: Callable[[], bool]) -> None:
+    def __init__(self, spec: KindLab, state_dir: Path, kvm_boots: Callable[[], bool],
+                 feature_gates: tuple[str, ...] = ()) -> None:
         self.spec = spec
+        self.feature_gates = feature_gates
         self.state_dir = state_dir
         self.kubeconfig = state_dir / "kubeconfig"
         self.config_path = state_dir / "kind-config.yaml"
@@ -58,12 +60,13 @@ class KindCluster:
                  f"kind create cluster --name {name} --config - --kubeconfig {kubeconfig} --wait 5m",
                  stdin=config, retries=1, timeout_s=900,
                  check=f"kind get clusters 2>/dev/null | grep -qx {name} && test -s {kubeconfig}"),
-            *install_steps(kubectl, self.spec.kubevirt_version, self.spec.cdi_version, use_emulation),
+            *install_steps(kubectl, self.spec.kubevirt_version, self.spec.cdi_version, use_emulation,
+                           feature_gates=self.feature_gates),
         ]
 
     def plan(self) -> list[str]:
         mode = {"on": "on", "off": "off", "auto": "decided at up by booting a probe guest under KVM"}
-        lines = [f"# kind lab: cluster {self.spec.cluster_name}, {self.spec.nodes} node(s), "
+        lines = [f"# kind lab: cluster {self.spec.cluster_name}, 1 control plane + {self.spec.workers} worker(s), "
                  f"KubeVirt {self.spec.kubevirt_version}, CDI {self.spec.cdi_version}, "
                  f"useEmulation: {mode[self.spec.emulation]}"]
         use_emulation = self.spec.emulation != "off"

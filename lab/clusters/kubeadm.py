@@ -32,10 +32,15 @@ def host_steps(host: KubeadmHost, version: str) -> list[Step]:
     h = _host_id(host)
     repo = f"https://pkgs.k8s.io/core:/stable:/v{version}/deb/"
     return [
-        Step("kernel-prereqs", "modprobe overlay && modprobe br_netfilter && "
+        # Persistent across a reboot: the modules through modules-load.d, swap off in fstab too.
+        Step("kernel-prereqs", "modprobe overlay && modprobe br_netfilter && mkdir -p /etc/modules-load.d && "
+             "printf 'overlay\\nbr_netfilter\\n' > /etc/modules-load.d/90-virtproof-k8s.conf && "
              "printf 'net.bridge.bridge-nf-call-iptables=1\\nnet.ipv4.ip_forward=1\\n' "
-             "> /etc/sysctl.d/90-virtproof-k8s.conf && sysctl --system >/dev/null && swapoff -a",
-             check="test -f /etc/sysctl.d/90-virtproof-k8s.conf && lsmod | grep -q br_netfilter", host=h),
+             "> /etc/sysctl.d/90-virtproof-k8s.conf && sysctl --system >/dev/null && swapoff -a && "
+             "sed -ri '/^[^#].*[[:space:]]swap[[:space:]]/s/^/#virtproof: /' /etc/fstab",
+             check="test -f /etc/sysctl.d/90-virtproof-k8s.conf && test -f /etc/modules-load.d/90-virtproof-k8s.conf "
+                   "&& lsmod | grep -q br_netfilter && ! grep -qE '^[^#].*[[:space:]]swap[[:space:]]' /etc/fstab "
+                   "&& test -z \"$(swapon --show --noheadings)\"", host=h),
         Step("containerd", "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq containerd && "
              "mkdir -p /etc/containerd && containerd config default "
              "| sed 's/SystemdCgroup = false/SystemdCgroup = true/' > /etc/containerd/config.toml && "
@@ -55,7 +60,7 @@ def host_steps(host: KubeadmHost, version: str) -> list[Step]:
     ]
 
 
-def cluster_steps(spec: KubeadmLab, use_emulation: bool) -> list[Step]:
+def cluster_steps(spec: KubeadmLab, use_emulation: bool, feature_gates: tuple[str, ...] = ()) -> list[Step]:
     plane = next(h for h in spec.hosts if h.role == "control-plane")
     p = _host_id(plane)
     steps: list[Step] = []
@@ -81,7 +86,8 @@ def cluster_steps(spec: KubeadmLab, use_emulation: bool) -> list[Step]:
                           host=_host_id(worker)))
     steps.append(Step("nodes-ready", f"{KUBECTL} wait nodes --all --for condition=Ready --timeout=10m",
                       retries=1, timeout_s=700, host=p))
-    steps += install_steps(KUBECTL, spec.kubevirt_version, spec.cdi_version, use_emulation, host=p)
+    steps += install_steps(KUBECTL, spec.kubevirt_version, spec.cdi_version, use_emulation, host=p,
+                           feature_gates=feature_gates)
     return steps
 
 
@@ -91,8 +97,9 @@ def kvm_check_script() -> str:
 
 
 class KubeadmCluster:
-    def __init__(self, spec: KubeadmLab, state_dir: Path) -> None:
+    def __init__(self, spec: KubeadmLab, state_dir: Path, feature_gates: tuple[str, ...] = ()) -> None:
         self.spec = spec
+        self.feature_gates = feature_gates
         self.state_dir = state_dir
         self.kubeconfig = state_dir / "kubeconfig"
         self._executors: dict[str, SSHExecutor] = {}
@@ -105,11 +112,11 @@ class KubeadmCluster:
         return self._executors[host_id]
 
     def plan(self) -> list[str]:
-        mode = {"on": "on", "off": "off", "auto": f"on unless the control plane passes `{kvm_check_script()}`"}
+        mode = {"on": "on", "off": "off", "auto": f"on unless every worker passes `{kvm_check_script()}`"}
         lines = [f"# kubeadm lab: {len(self.spec.hosts)} host(s), Kubernetes {self.spec.kubernetes_version}, "
                  f"KubeVirt {self.spec.kubevirt_version}, CDI {self.spec.cdi_version}, "
                  f"useEmulation: {mode[self.spec.emulation]}"]
-        for step in cluster_steps(self.spec, self.spec.emulation != "off"):
+        for step in cluster_steps(self.spec, self.spec.emulation != "off", self.feature_gates):
             lines.extend(step.describe())
         lines.append(f"# then: copy {ADMIN} from the control plane to {self.kubeconfig}")
         return lines
@@ -119,8 +126,8 @@ class KubeadmCluster:
         plane = next(h for h in self.spec.hosts if h.role == "control-plane")
         use_emulation = self.spec.emulation == "on"
         if self.spec.emulation == "auto":
-            use_emulation = self.executor(_host_id(plane)).execute(kvm_check_script(), None, 30).status != 0
-        steps = cluster_steps(self.spec, use_emulation)
+            use_emulation = not all(self.kvm_on(host, say) for host in self.runs_vms())
+        steps = cluster_steps(self.spec, use_emulation, self.feature_gates)
         # the join step runs what the control plane printed
         pre = [s for s in steps if s.name != "kubeadm-join"]
         split = next(i for i, s in enumerate(pre) if s.name == "nodes-ready")
@@ -138,6 +145,18 @@ class KubeadmCluster:
             raise RuntimeError(f"cannot read {ADMIN} on {plane.address}: {result.output[-300:]}")
         write_secret(self.kubeconfig, result.output.encode(), replace=True)
         return log
+
+    def runs_vms(self) -> list[KubeadmHost]:
+        """The hosts VMs run on: the workers (the control plane too when it is the only host)."""
+        workers = [h for h in self.spec.hosts if h.role == "worker"]
+        return workers or list(self.spec.hosts)
+
+    def kvm_on(self, host: KubeadmHost, say: Callable[[str], None]) -> bool:
+        """KVM usable on ``host`` (decided per host: VMs run on the workers, not the control plane).
+        useEmulation is cluster-wide in KubeVirt, so one worker without KVM means emulation for all."""
+        ok = self.executor(_host_id(host)).execute(kvm_check_script(), None, 30).status == 0
+        say(f"{host.address}: KVM {'available' if ok else 'not available'}")
+        return ok
 
     def down(self) -> list[str]:
         removed = []
