@@ -41,6 +41,7 @@ from virtproof.premigrate.screen import (
 )
 
 SCREEN_EVERY_S = 2.0
+SSH_GRACE_S = 20.0
 TEXT_EVERY_S = 1.0
 MILESTONES = {"kernel": ms.KERNEL, "root_mounted": ms.USERSPACE, "login_prompt": ms.LOGIN}
 FAILURES = ms.FAILURES
@@ -271,7 +272,10 @@ def boot_and_follow(
             done_probe = probe.ended or not probe_installed
             if failure_at is not None and now - failure_at > 3:
                 break
-            if done_probe and (banner or "login_prompt" in milestones) and failure is None:
+            # Done: the probe has reported and sshd answers; a login prompt alone ends it only
+            # after SSH_GRACE_S more (sshd often comes up just after getty).
+            login = milestones.get("login_prompt")
+            if done_probe and failure is None and (banner or (login is not None and now - login > SSH_GRACE_S)):
                 break
             if now > timeout_s:
                 timed_out = True

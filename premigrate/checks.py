@@ -199,12 +199,16 @@ def _network_findings(facts: GuestFacts) -> list[Finding]:
     portable = [n for n in nics if n.matches_target(facts.eth_names)]
     for nic in facts.nics:
         if nic.mac and nic.name is None:
+            # A configuration that gives the address by MAC leaves the guest offline unless the
+            # MAC is kept; a rename rule by MAC (udev, .link) only changes the name.
+            critical = nic.configures_ip and not portable
             out.append(
                 Finding(
                     "network-mac-bound",
-                    "warning",
-                    f"{nic.path} ({nic.tool}) is bound to MAC {nic.mac}: the new NIC has another MAC unless it is kept",
-                    "keep the MAC in the VM (--keep-mac) or drop the binding",
+                    "critical" if critical else "warning",
+                    f"{nic.path} ({nic.tool}) is bound to MAC {nic.mac}: the virtio NIC has another MAC unless "
+                    "it is kept, so it gets no network",
+                    "keep the MAC in the VM (--keep-mac) or match the interface by name",
                     True,
                 )
             )

@@ -126,9 +126,28 @@ def _fix_network(g: Any, facts: GuestFacts, applied: list[str], resolved: set[st
             applied.append(f"{nic.path}: {nic.tool} config for {old!r} now matches the virtio NIC")
             resolved.add("network-name-pinned")
     for nic in facts.nics:
-        if nic.tool == "udev" and g.is_file(nic.path):
+        if nic.mac is None or nic.name is not None or not g.is_file(nic.path):
+            continue
+        if nic.tool in ("udev", "networkd-link"):
             g.mv(nic.path, nic.path + ".virtproof-disabled")
-            applied.append(f"{nic.path}: persistent-net rules disabled")
+            applied.append(f"{nic.path}: rename by MAC {nic.mac} disabled")
+            resolved.add("network-mac-bound")
+            continue
+        text = bytes(g.read_file(nic.path)).decode()
+        if nic.tool == "networkd":
+            new = re.sub(r"^\s*MACAddress\s*=.*$", "Name=en* eth*", text, count=1, flags=re.M | re.I)
+        elif nic.tool == "netplan":
+            new = re.sub(r"^(\s*)macaddress:\s*\S+\s*$", r'\1name: "en*"', text, count=1, flags=re.M | re.I)
+        elif nic.tool == "networkmanager":
+            new = re.sub(r"^\s*mac-address\s*=.*\n?", "", text, flags=re.M)
+        elif nic.tool == "ifcfg":
+            new = re.sub(r"^\s*HWADDR=.*\n?", "", text, flags=re.M)
+        else:
+            continue
+        if new != text:
+            g.write(nic.path, new.encode())
+            applied.append(f"{nic.path}: {nic.tool} config matched MAC {nic.mac}, now the virtio NIC by name")
+            resolved.add("network-mac-bound")
 
 
 def _chroot_run(tree: Path, argv: list[str]) -> None:
@@ -214,7 +233,7 @@ def apply_fixes(
                 g.mount(dev, "/boot")
         if codes & {"fstab-device-name", "bootloader-device-name"}:
             _fix_fstab_and_bootloader(g, facts, applied, resolved)
-        if codes & {"network-name-pinned"}:
+        if codes & {"network-name-pinned", "network-mac-bound"}:
             _fix_network(g, facts, applied, resolved)
         if initramfs and any(c.startswith("initramfs-missing-") for c in codes):
             _rebuild_initramfs(g, facts, bus, workdir, applied, resolved)

@@ -33,6 +33,12 @@ Fixture = Literal[
     "debian-netpinned",
     "debian-ova",
     "debian-ova-tampered",
+    "grub-bios-clean",
+    "grub-bios-vmware",
+    "grub-uefi-clean",
+    "grub-uefi-vmware",
+    "windows-virtio",
+    "windows-vmware",
 ]
 VerdictName = Literal["ready", "needs-fixes", "blocked"]
 
