@@ -186,7 +186,7 @@ class KubeVirtLabHandle:
         try:
             kube = self._kube()
             try:
-                removed += cleanup.clean(kube, self.lab_id)
+                removed += cleanup.clean(kube, self.lab_id, self.spec.namespace)
             finally:
                 kube.conn.close()
         except (KubeconfigError, ApiException, HTTPError, OSError) as exc:
@@ -202,7 +202,7 @@ class KubeVirtLabHandle:
         except KubeconfigError as exc:
             return [f"{self.kind} lab {self.lab_id}: {exc}"]
         try:
-            found = cleanup.leftovers(kube, self.lab_id)
+            found = cleanup.leftovers(kube, self.lab_id, self.spec.namespace)
         except (ApiException, HTTPError, OSError) as exc:
             return [f"{self.kind} lab {self.lab_id}: unreachable: {_short(exc)}"]
         finally:
@@ -214,11 +214,11 @@ class KubeVirtLabHandle:
         """Delete objects of runs whose owner on this host is gone (or of every run: ``all_runs``)."""
         kube = self._kube()
         try:
-            runs = {item.run_id for item in cleanup.leftovers(kube)}
+            runs = {item.run_id for item in cleanup.leftovers(kube, None, self.spec.namespace)}
             removed: list[str] = []
             for run_id in sorted(runs):
                 if all_runs or _owner_gone(run_id):
-                    removed += cleanup.clean(kube, run_id)
+                    removed += cleanup.clean(kube, run_id, self.spec.namespace)
             return removed
         finally:
             kube.conn.close()

@@ -1,20 +1,35 @@
 """Find and delete what virtproof created: only objects labelled ``virtproof.io/run-id``.
 
-``leftovers`` lists labelled objects across the cluster (optionally of one run); ``clean``
+``leftovers`` lists labelled objects (of one run, or of any) across the cluster, or only in
+``namespace`` when the identity has a namespaced Role (deploy/rbac/virtproof-role.yaml); ``clean``
 deletes them. Unlabelled objects are never touched, also in a shared namespace; a namespace is
-deleted only when it carries the label itself (virtproof made it).
+deleted only when it carries the label itself (virtproof made it). What this identity may not
+list (403) it cannot have created, so it is passed over rather than failing the cleanup.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from virtproof.lab.kubevirt.resources import DATAVOLUME, MIGRATION_POLICY, RUN_LABEL, VM, VMI, VMIM, Kube, Resource
+from virtproof.lab.kubevirt.resources import (
+    DATAVOLUME,
+    MIGRATION_POLICY,
+    RUN_LABEL,
+    VM,
+    VMI,
+    VMIM,
+    Kube,
+    Obj,
+    Resource,
+)
 
 log = logging.getLogger("virtproof.lab.kubevirt")
+T = TypeVar("T")
 
 # Deletion order: migrations first (cancel), then VMs (their VMIs and DataVolumes follow).
 _NAMESPACED: tuple[Resource, ...] = (VMIM, VM, VMI, DATAVOLUME)
@@ -36,40 +51,60 @@ def _selector(run_id: str | None) -> str:
     return f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
 
 
-def leftovers(kube: Kube, run_id: str | None = None) -> list[Leftover]:
-    """Every object carrying the run label (of ``run_id``, or of any run)."""
+def _allowed(call: Callable[[], list[T]]) -> list[T]:
+    """``call()``, or nothing where the resource is not installed (404) or not ours to see (403)."""
+    try:
+        return call()
+    except ApiException as exc:
+        if exc.status in (403, 404):
+            return []
+        raise
+
+
+def leftovers(kube: Kube, run_id: str | None = None, namespace: str | None = None) -> list[Leftover]:
+    """Every object carrying the run label (of ``run_id``, or of any run), cluster-wide or in ``namespace``."""
     selector = _selector(run_id)
     found: list[Leftover] = []
-    for res in (*_NAMESPACED, MIGRATION_POLICY):
-        try:
-            items = kube.list_objects(res, None, selector)
-        except ApiException as exc:
-            if exc.status in (403, 404):  # not installed (CDI), or not allowed to look
-                continue
-            raise
-        for item in items:
+    def objects(res: Resource, where: str | None) -> Callable[[], list[Obj]]:
+        return lambda: kube.list_objects(res, where, selector)
+
+    for res in _NAMESPACED:
+        for item in _allowed(objects(res, namespace)):
             meta = item.get("metadata") or {}
             found.append(Leftover(res.kind, str(meta.get("namespace") or ""), str(meta.get("name")),
                                   str((meta.get("labels") or {}).get(RUN_LABEL, ""))))
-    kube.conn.limiter.acquire()
-    for svc in kube.core.list_service_for_all_namespaces(label_selector=selector).items:
+    for item in _allowed(objects(MIGRATION_POLICY, None)):
+        meta = item.get("metadata") or {}
+        found.append(Leftover(MIGRATION_POLICY.kind, "", str(meta.get("name")),
+                              str((meta.get("labels") or {}).get(RUN_LABEL, ""))))
+
+    def services() -> list[Any]:
+        kube.conn.limiter.acquire()
+        if namespace:
+            return list(kube.core.list_namespaced_service(namespace, label_selector=selector).items)
+        return list(kube.core.list_service_for_all_namespaces(label_selector=selector).items)
+
+    def namespaces() -> list[Any]:
+        kube.conn.limiter.acquire()
+        return list(kube.core.list_namespace(label_selector=selector).items)
+
+    for svc in _allowed(services):
         meta = svc.metadata
         if meta is not None:
             found.append(Leftover("Service", str(meta.namespace), str(meta.name),
                                   str((meta.labels or {}).get(RUN_LABEL, ""))))
-    kube.conn.limiter.acquire()
-    for ns in kube.core.list_namespace(label_selector=selector).items:
+    for ns in _allowed(namespaces):
         meta = ns.metadata
         if meta is not None:
             found.append(Leftover("Namespace", "", str(meta.name), str((meta.labels or {}).get(RUN_LABEL, ""))))
     return found
 
 
-def clean(kube: Kube, run_id: str | None = None) -> list[str]:
+def clean(kube: Kube, run_id: str | None = None, namespace: str | None = None) -> list[str]:
     """Delete every labelled object (of ``run_id``, or of all runs); return what was deleted."""
     deleted: list[str] = []
     by_kind = {res.kind: res for res in (*_NAMESPACED, MIGRATION_POLICY)}
-    for item in leftovers(kube, run_id):
+    for item in leftovers(kube, run_id, namespace):
         try:
             if item.kind in by_kind:
                 res = by_kind[item.kind]
