@@ -76,6 +76,7 @@ def outcomes(suite: V2VSuite, run_dir: Path, sink: SampleSink) -> list[Outcome]:
             keep_mac=suite.keep_mac,
             boot_timeout_s=suite.boot_timeout_s,
             manifest_dir=verdicts,
+            evidence_dir=verdicts,
         )
 
     def one(index: int) -> Outcome:
@@ -106,7 +107,8 @@ def _evidence(report: SourceReport) -> str:
     lines = [f"verdict {report.verdict}: {list(report.decision.reasons) if report.decision else []}"]
     lines += [f"[{f.severity}] {f.code}: {f.message}" for f in report.findings if f.severity != "info"]
     if report.boot:
-        lines.append(f"boot milestones {report.boot.milestones}, failure {report.boot.failure}")
+        boot = report.boot
+        lines.append(f"boot {boot.stopped}; milestones {boot.milestones}; last screen {boot.screen_png}")
         lines.append(report.boot.console_tail[-1500:])
     return "\n".join(lines)
 
