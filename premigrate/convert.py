@@ -68,12 +68,16 @@ def bare_convert_seconds(src: Path, src_fmt: str, dst_fmt: str, scratch: Path, t
         out.unlink(missing_ok=True)
 
 
-def virt_v2v_local(source: Path, kind: str, outdir: Path, name: str, timeout: float = 1800) -> tuple[Path, float]:
-    """``virt-v2v -i disk|ova SOURCE -o local -of qcow2``; returns the converted disk and seconds."""
+def virt_v2v_local(
+    source: Path, kind: str, outdir: Path, name: str, timeout: float = 1800, input_format: str | None = None
+) -> tuple[Path, float]:
+    """``virt-v2v -i disk|ova SOURCE -o local -of qcow2``; returns the converted disk and seconds.
+    With ``-i disk`` the input format is given (``-if``), never probed."""
     if shutil.which("virt-v2v") is None:
         raise ConversionError("virt-v2v is not installed (apt-get install virt-v2v nbdkit libnbd-bin)")
     guestfs_environment()
-    argv = ["virt-v2v", "-i", kind, str(source), "-o", "local", "-os", str(outdir), "-of", "qcow2", "-on", name]
+    argv = ["virt-v2v", "-i", kind, *(["-if", input_format] if kind == "disk" and input_format else []), str(source)]
+    argv += ["-o", "local", "-os", str(outdir), "-of", "qcow2", "-on", name]
     seconds = _run(argv, "virt-v2v", timeout)
     disk = outdir / f"{name}-sda"
     if not disk.exists():

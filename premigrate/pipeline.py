@@ -333,7 +333,9 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
                 v2v_dir = workdir / "v2v"
                 v2v_dir.mkdir()
                 v2v_kind = "ova" if kind == "ova" else "disk"
-                converted, report.v2v_s = virt_v2v_local(path if kind == "ova" else disk, v2v_kind, v2v_dir, name)
+                converted, report.v2v_s = virt_v2v_local(
+                    path if kind == "ova" else disk, v2v_kind, v2v_dir, name, input_format=image.format
+                )
                 shutil.move(str(converted), output)
                 report.timings["virt_v2v"] = report.v2v_s
                 report.fix = apply_fixes(output, "qcow2", guest, codes, options.bus, workdir, initramfs=False)
