@@ -20,6 +20,7 @@ BOOTLOADER = re.compile(
 )
 KERNEL = re.compile(
     r"Linux version \S+|^\[\s*\d+\.\d+\] |Loading, please wait|Begin: Loading essential drivers|\(initramfs\)"
+    r"|EFI stub: "
     r"|virtproof: root ",
     re.M,
 )

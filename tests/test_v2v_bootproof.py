@@ -138,3 +138,20 @@ def test_a_disk_that_cannot_boot_says_where_it_stopped(tmp_path: Path, firmware:
     width, height, _ = _png_pixels(Path(proof.screen_png).read_bytes())
     assert width >= 640 and height >= 400
     assert not proof.timed_out
+
+
+def test_the_lab_argv_is_unchanged_by_the_boot_proof_fields() -> None:
+    """The launcher is shared with the qemu lab: a config that sets none of the boot proof's
+    fields (firmware, video model, balloon) gives exactly the lab's command line of before."""
+    from virtproof.lab.qemu.process import QemuConfig
+
+    argv = build_argv(QemuConfig(guest_name="vp-x-vm0", directory=Path("/s")))
+    assert argv == [
+        "qemu-system-x86_64", "-name", "guest=vp-x-vm0,debug-threads=on", "-machine", "q35",
+        "-accel", "tcg,tb-size=64", "-cpu", "max", "-smp", "1", "-m", "256", "-nodefaults", "-no-user-config",
+        "-display", "none", "-no-reboot", "-chardev", "file,id=console,path=/s/console.log",
+        "-serial", "chardev:console", "-qmp", "unix:/s/qmp.sock,server=on,wait=off", "-pidfile", "/s/qemu.pid",
+        "-S", "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0",
+    ]  # fmt: skip
+    with_vga = build_argv(QemuConfig(guest_name="g", directory=Path("/s"), graphics=True))
+    assert with_vga.count("-device") == 2 and "VGA" in with_vga and not any("pflash" in a for a in with_vga)
