@@ -45,6 +45,7 @@ def _apply_policy(p: KubeVirtPlatform, vm: KubeVirtVM, policy: MigrationPolicy) 
     label_value: str | None = None
     if body is not None:
         label_value = body["metadata"]["name"]
+        p._dry_run_once(MIGRATION_POLICY, body, None, f"MigrationPolicy {label_value}")
         try:
             p.kube.create(MIGRATION_POLICY, body)
         except ApiException as exc:

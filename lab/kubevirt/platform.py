@@ -33,7 +33,7 @@ from virtproof.lab.kubevirt.preflight import (
     inspect_cluster,
     require_permissions,
 )
-from virtproof.lab.kubevirt.resources import RUN_LABEL, VM, VMI, VMIM, Kube, Obj
+from virtproof.lab.kubevirt.resources import RUN_LABEL, VM, VMI, VMIM, Kube, Obj, Resource
 from virtproof.lab.kubevirt.timeline import Recorder, VMRecord
 from virtproof.lab.platform import (
     Capability,
@@ -114,6 +114,7 @@ class KubeVirtPlatform:
         self._migrations = 0
         self.cordoned: set[str] = set()
         self.vms: dict[str, KubeVirtVM] = {}
+        self._dry_runs: set[tuple[str, str]] = set()
 
     # construction -----------------------------------------------------------------------
     @classmethod
@@ -260,8 +261,22 @@ class KubeVirtPlatform:
             cloud = manifests.CloudInit(cfg.user, keys.client_public, keys.host_private_pem, keys.host_public)
         return manifests.virtual_machine(spec, self.namespace, self.config.run_id, cfg.source, cloud)
 
+    def _dry_run_once(self, res: Resource, body: Obj, namespace: str | None, what: str) -> None:
+        """The cluster's own truth before anything is created: the first object of each kind (and
+        shape) goes through server-side dry-run, so its schema and KubeVirt's webhooks judge it."""
+        key = (res.plural, what)
+        if key in self._dry_runs:
+            return
+        try:
+            self.kube.create(res, body, namespace, dry_run=True)
+        except ApiException as exc:
+            raise PlatformError(f"the cluster refuses {what}: {self._api_error(exc)}") from None
+        self._dry_runs.add(key)
+
     def create_vm(self, spec: VMSpec) -> KubeVirtVM:
         body = self.manifest_for(spec)
+        shape = f"a VirtualMachine like {spec.name} ({spec.image}, {spec.disk_bus})"
+        self._dry_run_once(VM, body, self.namespace, shape)
         timeline = Timeline()
         record = self.recorder.track(spec.name, timeline)
         timeline.add("created", time.time(), "harness")

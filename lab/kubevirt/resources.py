@@ -62,12 +62,16 @@ class Kube:
         self.conn.limiter.acquire()
 
     # custom objects ---------------------------------------------------------------------
-    def create(self, res: Resource, body: Obj, namespace: str | None = None) -> Obj:
+    def create(self, res: Resource, body: Obj, namespace: str | None = None, *, dry_run: bool = False) -> Obj:
+        """Create ``body``; with ``dry_run`` the server validates and admits it (its own schema, its
+        webhooks) and stores nothing."""
         self._wait()
+        mode = "All" if dry_run else None
         if res.namespaced:
-            out = self.custom.create_namespaced_custom_object(res.group, res.version, namespace or "", res.plural, body)
+            out = self.custom.create_namespaced_custom_object(res.group, res.version, namespace or "", res.plural,
+                                                              body, dry_run=mode)
         else:
-            out = self.custom.create_cluster_custom_object(res.group, res.version, res.plural, body)
+            out = self.custom.create_cluster_custom_object(res.group, res.version, res.plural, body, dry_run=mode)
         return cast(Obj, out)
 
     def get(self, res: Resource, name: str, namespace: str | None = None) -> Obj | None:

@@ -205,18 +205,18 @@ class Controller:
         return [n["metadata"]["name"] for n in self.store.peek(NODE, None)
                 if not (n.get("spec") or {}).get("unschedulable")]
 
-    def _pick_node(self, selector: dict[str, str], exclude: str = "") -> str | None:
+    def _pick_node(self, selector: dict[str, str], exclude: str = "", preferred: str = "") -> str | None:
         load: dict[str, int] = dict.fromkeys(self._nodes(), 0)
         for vmi in self.store.peek(VMI, None):
             node = (vmi.get("status") or {}).get("nodeName")
             if node in load:
                 load[node] += 1
         candidates = [n for n in load if n != exclude and selector.get(HOSTNAME, n) == n]
-        return min(candidates, key=lambda n: (load[n], n)) if candidates else None
+        return min(candidates, key=lambda n: (n != preferred, load[n], n)) if candidates else None
 
     def _schedule(self, ns: str, name: str) -> None:
         vmi = self.store.get(VMI, ns, name)
-        node = self._pick_node(vmi["spec"].get("nodeSelector") or {})
+        node = self._pick_node(vmi["spec"].get("nodeSelector") or {}, preferred=_preferred_node(vmi["spec"]))
         if node is None:
             self.later(self.step_s * 10, lambda: self._schedule(ns, name))
             return
@@ -477,3 +477,14 @@ def _mib(quantity: str) -> int:
     return max(1, int(q) // (1024 * 1024))
 
 
+
+
+def _preferred_node(spec: dict[str, Any]) -> str:
+    """The hostname a preferred node affinity names (the scheduler's weight wins over spreading)."""
+    terms = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "preferredDuringSchedulingIgnoredDuringExecution") or []
+    for term in terms:
+        for expr in (term.get("preference") or {}).get("matchExpressions") or []:
+            if expr.get("key") == HOSTNAME and expr.get("operator") == "In" and expr.get("values"):
+                return str(expr["values"][0])
+    return ""

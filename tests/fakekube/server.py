@@ -276,6 +276,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 body.setdefault("apiVersion", f"{kind.group}/{kind.version}".strip("/"))
                 body.setdefault("kind", kind.kind)
                 self.api.check(kind, body)
+                if query.get("dryRun") == "All":  # validated and admitted, never stored
+                    return self._send(201, body)
                 if kind.plural == "services":
                     _allocate_node_ports(body, self.api.port_allocator)
                 return self._send(201, store.create(kind.gvr, ns, body))
