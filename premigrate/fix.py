@@ -48,7 +48,9 @@ TAR_EXCLUDES = [
     "./usr/lib/firmware/*",
     "./lib/firmware/*",
 ]
-_OLD_DISK = re.compile(r"(?<![\w/])/dev/(?:sd|hd|xvd)([a-z])(\d*)\b")
+# Disk names that depend on the bus: /dev/sdX, hdX, xvdX, and vdX (virt-v2v rewrites sdX to vdX,
+# which holds only while the disk stays on virtio-blk): all become UUID=.
+_OLD_DISK = re.compile(r"(?<![\w/])/dev/(?:sd|hd|xvd|vd)([a-z])(\d*)\b")
 
 
 class FixError(RuntimeError):
@@ -63,7 +65,7 @@ class FixReport:
 
 
 def _appliance_device(guest_dev: str) -> str:
-    match = re.match(r"/dev/(?:sd|hd|xvd)([a-z])(\d*)$", guest_dev)
+    match = re.match(r"/dev/(?:sd|hd|xvd|vd)([a-z])(\d*)$", guest_dev)
     return f"/dev/sd{match.group(1)}{match.group(2)}" if match else guest_dev
 
 
