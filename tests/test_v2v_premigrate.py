@@ -21,7 +21,9 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 
 def _premigrate(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
-    code = main(["premigrate", *args, "--json", "--results", str(tmp_path / "results")])
+    # A generous boot timeout: an upper bound on a loaded 2-core machine, never a gate.
+    results = str(tmp_path / "results")
+    code = main(["premigrate", *args, "--json", "--boot-timeout", "900", "--results", results])
     out = json.loads(capsys.readouterr().out)
     run = Path(out["run"])
     by_name = {Path(s["source"]).name: s for s in out["sources"]}
