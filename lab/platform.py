@@ -70,6 +70,14 @@ class VMSpec:
     network: Literal["user", "l2"] = "user"
 
 
+# Whose clock stamped a time. "local": this host's (the harness's readings, qemu's QMP events);
+# "cluster": the cluster's components (metav1.Time fields written by the apiserver, virt-controller
+# and virt-handler on other machines, whole seconds). Times of different clocks never meet in
+# one figure.
+Clock = Literal["local", "cluster"]
+START_EVENT: dict[str, str] = {"local": "created", "cluster": "cluster_created"}
+
+
 @dataclass(frozen=True)
 class TimelineEvent:
     """One point in a VM's life: a phase reached, with where the timestamp came from."""
@@ -77,30 +85,47 @@ class TimelineEvent:
     name: str
     timestamp: float
     source: TimeSource
+    clock: Clock = "local"
+    resolution_s: float = 0.0  # 1.0 for metav1.Time (truncated to the second)
+
+
+@dataclass(frozen=True)
+class Span:
+    """The time between two events of one clock."""
+
+    seconds: float
+    source: TimeSource
+    clock: Clock
+    resolution_s: float
 
 
 @dataclass
 class Timeline:
-    """Ordered events of one VM, starting at the create call (``created``)."""
+    """Ordered events of one VM. ``created`` is the harness's create call (local clock);
+    platforms that stamp their own creation time add ``cluster_created`` on their clock."""
 
     events: list[TimelineEvent] = field(default_factory=list)
 
-    def add(self, name: str, timestamp: float, source: TimeSource) -> TimelineEvent:
-        event = TimelineEvent(name, timestamp, source)
+    def add(self, name: str, timestamp: float, source: TimeSource, clock: Clock = "local",
+            resolution_s: float = 0.0) -> TimelineEvent:
+        event = TimelineEvent(name, timestamp, source, clock, resolution_s)
         self.events.append(event)
         return event
+
+    def span(self, name: str) -> Span | None:
+        """From the creation on ``name``'s own clock to ``name``; None without both."""
+        event = self.get(name)
+        start = self.get(START_EVENT[event.clock]) if event is not None else None
+        if event is None or start is None:
+            return None
+        resolution = max(event.resolution_s, start.resolution_s)
+        return Span(event.timestamp - start.timestamp, event.source, event.clock, resolution)
 
     def get(self, name: str) -> TimelineEvent | None:
         for event in self.events:
             if event.name == name:
                 return event
         return None
-
-    def since_created(self, name: str) -> float | None:
-        start, event = self.get("created"), self.get(name)
-        if start is None or event is None:
-            return None
-        return event.timestamp - start.timestamp
 
 
 @dataclass(frozen=True)
@@ -209,6 +234,17 @@ class MigrationResult:
     transferred_mib: float | None = None
     error: str | None = None
     time_source: TimeSource = "platform"
+    resolution_s: float = 0.0  # of started/finished: 1.0 when they are metav1.Time
+    # When the harness saw the move start and end, on this host's clock: the window its probers
+    # and load generators are read in (``started``/``finished`` may be another machine's clock).
+    observed_started: float | None = None
+    observed_finished: float | None = None
+
+    @property
+    def observed_window(self) -> tuple[float, float]:
+        start = self.observed_started if self.observed_started is not None else self.started
+        end = self.observed_finished if self.observed_finished is not None else self.finished
+        return start, end + self.resolution_s
 
 
 @runtime_checkable

@@ -59,12 +59,18 @@ def _apply_policy(p: KubeVirtPlatform, vm: KubeVirtVM, policy: MigrationPolicy) 
 
 
 def _result(vm: KubeVirtVM, source: str, target: str, policy: MigrationPolicy, state: dict[str, Any],
-            phases: dict[str, float], requested: float, error: str | None) -> MigrationResult:
+            phases: dict[str, float], requested: float, error: str | None,
+            observed_end: float | None = None) -> MigrationResult:
+    """From the cluster's records where it has them: ``migrationState`` start and end are
+    metav1.Time (the handlers' clocks, whole seconds: ``resolution_s`` 1); the harness's own
+    request and completion times (this host's clock) are kept as the observed window."""
     start = parse_time(state.get("startTimestamp"))
     end = parse_time(state.get("endTimestamp"))
     source_kind: Any = "platform"
+    resolution = 1.0
+    observed_finished = observed_end if observed_end is not None else time.time()
     if start is None or end is None:
-        start, end, source_kind = requested, time.time(), "harness"
+        start, end, source_kind, resolution = requested, observed_finished, "harness", 0.0
     # The mode the migration really ran in (migrationState.mode, written by the source
     # virt-handler), not the one asked for: a "post-copy" policy that never reached its
     # completion timeout ran pre-copy.
@@ -79,7 +85,8 @@ def _result(vm: KubeVirtVM, source: str, target: str, policy: MigrationPolicy, s
         vm=vm.name, source=str(state.get("sourceNode") or source), target=str(state.get("targetNode") or target),
         ok=ok, mode=mode, started=start, finished=end, total_s=max(0.0, end - start),
         setup_s=(start - pending) if pending is not None and source_kind == "platform" else None,
-        error=error, time_source=source_kind,
+        error=error, time_source=source_kind, resolution_s=resolution,
+        observed_started=requested, observed_finished=observed_finished,
     )
 
 
@@ -114,7 +121,9 @@ def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationP
         return own is not None and own.phase == "Failed"
 
     error = None
-    if not rec.wait_for(finished, policy.timeout_s):
+    done = rec.wait_for(finished, policy.timeout_s)
+    observed_end = time.time()
+    if not done:
         cancel(p, name)
         aborted = rec.wait_for(
             lambda: vm.record.migration_state.get("migrationUid") == uid
@@ -134,7 +143,7 @@ def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationP
             state = {}
             if error is None and own is not None and own.phase == "Failed":
                 error = f"migration {name} Failed before the hand-off: {own.reason or 'no reason given'}"
-    return _result(vm, source, target, policy, state, phases, requested, error)
+    return _result(vm, source, target, policy, state, phases, requested, error, observed_end)
 
 
 def cancel(p: KubeVirtPlatform, name: str) -> None:

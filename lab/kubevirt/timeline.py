@@ -15,7 +15,7 @@ from typing import Any
 
 from virtproof.instruments.latency import PHASE_NAMES
 from virtproof.lab.kubevirt.resources import VM_LABEL, Obj
-from virtproof.lab.platform import Timeline
+from virtproof.lab.platform import START_EVENT, Timeline
 
 # VMI phase -> timeline event name
 TIMELINE_NAMES = {"Pending": "vmi_pending", "Scheduling": "vmi_scheduling", "Scheduled": "vmi_scheduled",
@@ -96,9 +96,17 @@ class Recorder:
             self.vms.pop(name, None)
 
     def _add(self, record: VMRecord, name: str, ts: float, now: float, source: str = "platform") -> None:
-        if record.timeline.get(name) is None:
-            record.timeline.add(name, ts, "platform" if source == "platform" else "harness")
-            record.observed[name] = now
+        """A platform time (metav1.Time: the cluster's clock, whole seconds) and, as its own
+        series, ``<name>_observed``: when this harness received the watch event (local clock),
+        as kube-burner keeps what it observed apart from what the objects say."""
+        if record.timeline.get(name) is not None:
+            return
+        if source == "platform":
+            record.timeline.add(name, ts, "platform", clock="cluster", resolution_s=1.0)
+            record.timeline.add(f"{name}_observed", now, "harness")
+        else:
+            record.timeline.add(name, now, "harness")
+        record.observed[name] = now
 
     def _record_for(self, obj: Obj) -> VMRecord | None:
         meta = obj.get("metadata") or {}
@@ -166,17 +174,24 @@ class Recorder:
                 if created is not None and record.vm_created is None:
                     record.vm_created = created
                     self._add(record, "vm_created", created, received)
+                    # the start of every cluster-clock span of this VM
+                    record.timeline.add(START_EVENT["cluster"], created, "platform", clock="cluster", resolution_s=1.0)
                 printable = str(status.get("printableStatus") or "")
                 if printable and printable != record.printable_status:
                     record.printable_status = printable
                     self._add(record, f"vm_{printable.lower()}", received, received, source="harness")
                 if status.get("ready") is True:
-                    ts = received
+                    stamped = None
                     for condition in status.get("conditions") or []:
                         if condition.get("type") == "Ready" and condition.get("status") == "True":
-                            ts = parse_time(condition.get("lastTransitionTime")) or received
-                    self._add(record, "vm_ready", ts, received)
-                    self._latency(record, "VMReady", ts)
+                            stamped = parse_time(condition.get("lastTransitionTime"))
+                    if stamped is not None:
+                        self._add(record, "vm_ready", stamped, received)
+                    else:
+                        self._add(record, "vm_ready", received, received, source="harness")
+                    # kube-burner's VMReady is when *it* saw the VM Ready (time.Now() in its
+                    # handleUpdateVM), minus the VM's creationTimestamp: the same here.
+                    self._latency(record, "VMReady", received)
                 self.cond.notify_all()
         self._account(start, received)
 

@@ -191,6 +191,7 @@ def _labels(result: MigrationResult, suite: MigrationSuite, policy: str, leg: in
         "mode": result.mode,
         "leg": str(leg),
         "time_source": result.time_source,
+        "resolution_s": f"{result.resolution_s:g}",
     }
 
 
@@ -210,13 +211,19 @@ def record_move(
         record("migration.setup_s", result.setup_s, "s", **labels)
     if result.transferred_mib is not None:
         record("migration.transferred_mib", result.transferred_mib, "MiB", **labels)
+    if result.observed_started is not None and result.time_source == "platform" and result.resolution_s:
+        seen_start, seen_end = result.observed_started, result.observed_finished or result.finished
+        record("migration.observed_total_s", seen_end - seen_start, "s", **{**labels, "time_source": "harness"})
+    # The probers and the load run on this host's clock: read them in the harness's window, widened
+    # by the platform times' resolution (a metav1.Time is truncated to the second).
+    window_start, window_end = result.observed_window
     if guest.prober is not None:
-        gap = ProbeLog.read(guest.prober.out).longest_gap(result.started, result.finished)
+        gap = ProbeLog.read(guest.prober.out).longest_gap(window_start, window_end)
         if gap is None:
             return [f"{result.vm}: the prober never got an answer around the move"]
         record("migration.guest_downtime_ms", gap.ms, "ms", answered=str(gap.end is not None), **labels)
     if guest.load is not None:
-        load = window(guest.load.records(), result.started, result.finished + SETTLE_S)
+        load = window(guest.load.records(), window_start, window_end + SETTLE_S)
         record("migration.http_failures", load.failures, "count", requests=str(load.requests), **labels)
         if load.p99_ms is not None:
             record("migration.http_p99_ms", load.p99_ms, "ms", **labels)
