@@ -19,6 +19,10 @@ KUBEVIRT_VERSION = "v1.9.0"
 CDI_VERSION = "v1.66.0"
 KUBERNETES_VERSION = "1.34"
 KIND_NODE_IMAGE = "kindest/node:v1.34.0"
+# The sim-kubevirt lab builds its control plane from the Go module proxy at exactly these versions
+# (KubeVirt at KUBEVIRT_VERSION); virtproof.lab.controlplane.build holds their go.mod and go.sum.
+CONTROL_PLANE_KUBERNETES = "v1.34.4"
+CONTROL_PLANE_ETCD = "v3.6.16"
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Values that end up in shell commands (kind, kubeadm over SSH) are typed: these patterns admit no

@@ -19,6 +19,7 @@ from virtproof.lab.clusters.steps import Executor, Step, StepLog, run_steps
 from virtproof.scenarios.kubevirt import KubeadmHost, KubeadmLab
 
 FLANNEL = "https://github.com/flannel-io/flannel/releases/download/v0.26.4/kube-flannel.yml"
+LOCAL_PATH = "https://raw.githubusercontent.com/rancher/local-path-provisioner/v0.0.30/deploy/local-path-storage.yaml"
 ADMIN = "/etc/kubernetes/admin.conf"
 KUBECTL = f"kubectl --kubeconfig {ADMIN}"
 JOIN_FILE = "/root/.virtproof-join"
@@ -86,6 +87,12 @@ def cluster_steps(spec: KubeadmLab, use_emulation: bool, feature_gates: tuple[st
                           host=_host_id(worker)))
     steps.append(Step("nodes-ready", f"{KUBECTL} wait nodes --all --for condition=Ready --timeout=10m",
                       retries=1, timeout_s=700, host=p))
+    # kubeadm installs no storage class, and CDI imports need one: a pinned local-path provisioner,
+    # made the default (its WaitForFirstConsumer binding is handled by the importer).
+    steps.append(Step("storage-class",
+                      f"{KUBECTL} apply -f {LOCAL_PATH} && {KUBECTL} patch storageclass local-path -p "
+                      "'{\"metadata\":{\"annotations\":{\"storageclass.kubernetes.io/is-default-class\":\"true\"}}}'",
+                      check=f"{KUBECTL} get storageclass local-path >/dev/null 2>&1", retries=3, host=p))
     steps += install_steps(KUBECTL, spec.kubevirt_version, spec.cdi_version, use_emulation, host=p,
                            feature_gates=feature_gates)
     return steps

@@ -36,8 +36,10 @@ class DiskSource:
     container_disk: str | None = None
     http_url: str | None = None
     data_volume: str | None = None  # an existing (imported) DataVolume
-    size: str = "1Gi"
+    size: str = "10Gi"  # a real cloud image is 2-10 GiB virtual; imports of a known disk size it exactly
     storage_class: str | None = None
+    access_modes: tuple[str, ...] = ()  # set only where the StorageProfile leaves them open (storage.py)
+    volume_mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ def data_volume_spec(source: DiskSource) -> Obj:
     storage: Obj = {"resources": {"requests": {"storage": source.size}}}
     if source.storage_class:
         storage["storageClassName"] = source.storage_class
+    if source.access_modes:
+        storage["accessModes"] = list(source.access_modes)
+    if source.volume_mode:
+        storage["volumeMode"] = source.volume_mode
     return {"source": {"http": {"url": source.http_url}}, "storage": storage}
 
 
@@ -219,11 +225,15 @@ def migration_policy(run_id: str, policy: MigrationPolicy) -> Obj | None:
     }
 
 
-def data_volume(name: str, namespace: str, run_id: str, source: DiskSource) -> Obj:
+def data_volume(name: str, namespace: str, run_id: str, source: DiskSource, bind_immediately: bool = False) -> Obj:
+    """A standalone DataVolume; ``bind_immediately`` for a WaitForFirstConsumer class (no consumer pod)."""
+    meta: Obj = {"name": name, "namespace": namespace, "labels": labels(run_id)}
+    if bind_immediately:
+        meta["annotations"] = {"cdi.kubevirt.io/storage.bind.immediate.requested": "true"}
     return {
         "apiVersion": DATAVOLUME.api_version,
         "kind": DATAVOLUME.kind,
-        "metadata": {"name": name, "namespace": namespace, "labels": labels(run_id)},
+        "metadata": meta,
         "spec": data_volume_spec(source),
     }
 

@@ -226,7 +226,7 @@ class KubeVirtPlatform:
         self.config = replace(self.config, images={**self.config.images, name: image})
 
     def import_disk(self, disk: Path, name: str, *, advertise: str, user: str = "root",
-                    access: GuestAccess | None = None, size: str = "2Gi", timeout: float = 900.0) -> str:
+                    access: GuestAccess | None = None, size: str | None = None, timeout: float = 900.0) -> str:
         """V2V: serve ``disk`` over HTTP (at ``advertise``, an address the cluster reaches), import
         it into a DataVolume through CDI, and register it as an image; returns the image name."""
         from virtproof.lab.kubevirt.importer import import_disk

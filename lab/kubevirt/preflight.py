@@ -61,7 +61,9 @@ OPTIONAL: dict[Capability, tuple[Permission, ...]] = {
     Capability.NODE_DRAIN: tuple(_perms("patch", "nodes", namespaced=False)
                                  + _perms("create", "pods", sub="eviction")),
     Capability.DISK_IMPORT: tuple(_perms("create get list watch delete", "datavolumes", "cdi.kubevirt.io")
-                                  + _perms("get list", "cdis", "cdi.kubevirt.io", namespaced=False)),
+                                  + _perms("get list", "cdis", "cdi.kubevirt.io", namespaced=False)
+                                  + _perms("get list", "storageprofiles", "cdi.kubevirt.io", namespaced=False)
+                                  + _perms("get list", "storageclasses", "storage.k8s.io", namespaced=False)),
     Capability.POST_COPY: tuple(_perms("create get delete", "migrationpolicies", "migrations.kubevirt.io",
                                        namespaced=False)),
 }

@@ -38,6 +38,8 @@ MIGRATION_POLICY = Resource("migrations.kubevirt.io", "v1alpha1", "migrationpoli
                             namespaced=False, schema="v1alpha1.MigrationPolicy")
 DATAVOLUME = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume", schema="v1beta1.DataVolume")
 CDI = Resource("cdi.kubevirt.io", "v1beta1", "cdis", "CDI", namespaced=False, schema="v1beta1.CDI")
+STORAGE_PROFILE = Resource("cdi.kubevirt.io", "v1beta1", "storageprofiles", "StorageProfile", namespaced=False,
+                           schema="v1beta1.StorageProfile")
 
 CUSTOM = (VM, VMI, VMIM, KUBEVIRT, MIGRATION_POLICY, DATAVOLUME, CDI)
 

@@ -1,9 +1,11 @@
-"""``virtproof images build|list``: guest images built locally from distribution packages."""
+"""``virtproof images build|list``: guest images built locally from distribution packages, and the
+control plane of the sim-kubevirt lab (``images build control-plane``), built from the Go module proxy."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from rich.text import Text
 
@@ -17,14 +19,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("images", help="build or list guest images (cache: ~/.cache/virtproof)")
     isub = p.add_subparsers(dest="images_command", metavar="ACTION", required=True)
     b = isub.add_parser("build", help="build an image from Debian packages (cached by content hash)")
-    b.add_argument("name", nargs="?", default="micro", help=f"image name (one of: {', '.join(sorted(BUILDERS))})")
+    b.add_argument("name", nargs="?", default="micro",
+                   help=f"image name (one of: {', '.join(sorted(BUILDERS))}, {CONTROL_PLANE})")
     b.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    for component in ("kubernetes", "kubevirt", "etcd"):
+        b.add_argument(f"--{component}-version", metavar="VERSION",
+                       help=f"{CONTROL_PLANE} only: the {component} version (default: the pinned one)")
     b.set_defaults(func=build)
     ls = isub.add_parser("list", help="list built images")
     ls.set_defaults(func=list_images)
 
 
+CONTROL_PLANE = "control-plane"
+
+
 def build(args: argparse.Namespace) -> int:
+    if args.name == CONTROL_PLANE:
+        return build_control_plane(args)
+    if args.kubernetes_version or args.kubevirt_version or args.etcd_version:
+        raise UsageError(f"--kubernetes-version, --kubevirt-version and --etcd-version are for {CONTROL_PLANE}")
     console = stderr_console()
     store = ImageStore.default()
     try:
@@ -39,9 +52,46 @@ def build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def build_control_plane(args: argparse.Namespace) -> int:
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler, virt-api, virt-controller and
+    KubeVirt's manifest generator, cached by versions and sources; exit 3 when this host cannot build."""
+    from virtproof.lab.controlplane import build as cp
+
+    versions = cp.Versions(etcd=args.etcd_version or cp.PINNED.etcd,
+                           kubernetes=args.kubernetes_version or cp.PINNED.kubernetes,
+                           kubevirt=args.kubevirt_version or cp.PINNED.kubevirt)
+    cp.check_versions(versions)
+    console = stderr_console()
+    if console.is_terminal:
+        with console.status(Text(f"building the control plane ({versions.slug})")) as status:
+            result = cp.build(versions, rebuild=args.rebuild, progress=status_updater(status))
+    else:  # CI logs: a line now and then, not a spinner
+        last = [0.0]
+
+        def progress(message: str) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 30:
+                last[0] = now
+                print(f"virtproof: {message}", file=sys.stderr, flush=True)
+
+        result = cp.build(versions, rebuild=args.rebuild, progress=progress)
+    made = result.build
+    how = "cached" if result.cached else f"built in {_duration(result.seconds)}"
+    print(f"{CONTROL_PLANE} {made.versions.slug} {made.key[:16]} {made.directory} ({how})")
+    return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
 def list_images(args: argparse.Namespace) -> int:
+    from virtproof.lab.controlplane.build import list_builds
+
     images = ImageStore.default().list()
-    if not images:
+    planes = list_builds()
+    if not images and not planes:
         print("no images built yet; run `virtproof images build micro`", file=sys.stderr)
     for image in images:
         size = sum(p.stat().st_size for p in image.directory.iterdir() if p.is_file())
@@ -49,4 +99,10 @@ def list_images(args: argparse.Namespace) -> int:
             f"{image.name:12} {image.digest[:16]}  {size / 2**20:7.1f} MiB  kernel {image.kernel_version}  "
             f"{image.directory}"
         )
+    for plane in planes:
+        info = plane.info
+        v = plane.versions
+        print(f"{CONTROL_PLANE:12} {plane.key[:16]}  {plane.size_bytes / 2**20:7.1f} MiB  "
+              f"Kubernetes {v.kubernetes}, KubeVirt {v.kubevirt}, etcd {v.etcd}, "
+              f"{info.get('go', '?')}, built in {_duration(float(info.get('seconds', 0)))}  {plane.directory}")
     return EXIT_OK
