@@ -370,7 +370,9 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
         "qcow2",
         workdir,
         vm=vm,
-        name=f"vp-v2v-{workdir.name}-{name}"[:60],
+        # Not "vp-...": `virtproof lab clean` SIGKILLs every qemu named guest=vp-* that is not in a
+        # live lab. A boot proof dies with its parent thread (pdeathsig), so it leaves none behind.
+        name=f"vpboot-{workdir.name}-{name}"[:60],
         expected=dict(guest.checksums),
         probe_installed=probe,
         timeout_s=options.boot_timeout_s,

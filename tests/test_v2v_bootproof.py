@@ -124,7 +124,7 @@ def test_a_disk_that_cannot_boot_says_where_it_stopped(tmp_path: Path, firmware:
     with open(disk, "wb") as fh:
         fh.truncate(64 * 1024 * 1024)
     proof = boot_and_follow(
-        disk, "raw", tmp_path, vm=_vm(firmware=firmware), name=f"vp-blank-{firmware}", timeout_s=150,
+        disk, "raw", tmp_path, vm=_vm(firmware=firmware), name=f"vpboot-blank-{firmware}", timeout_s=150,
         evidence_dir=tmp_path / "evidence",
     )  # fmt: skip
     assert not proof.booted and proof.stages == ("firmware",), (proof.stopped, proof.console_tail, proof.screen_text)

@@ -27,6 +27,8 @@ def _premigrate(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) 
     out = json.loads(capsys.readouterr().out)
     run = Path(out["run"])
     by_name = {Path(s["source"]).name: s for s in out["sources"]}
+    for report in by_name.values():  # `virtproof lab clean` kills guest=vp-* qemus of no live lab
+        assert not report["boot"] or "guest=vp-" not in " ".join(report["boot"]["qemu_argv"])
     _assert_clean(run)
     return code, {"run": run, **by_name}
 
