@@ -1,11 +1,12 @@
 """Guest-observed downtime: a prober process outside the harness's control path.
 
-``python -m lab.prober HOST PORT --out FILE`` runs as its own process and opens a new probe
+``python -m virtproof.instruments.prober HOST PORT --out FILE`` runs as its own process and opens a new probe
 every ``--interval-ms`` (10 ms: 100 Hz) whether or not earlier ones answered, so one lost SYN
 (retransmitted by the kernel only after 1 s) does not hide the moment the guest answers again.
 A probe is ``GET /name`` over a fresh connection (``--mode http``; answered when ``HTTP/``
-comes back) or a bare connect (``--mode tcp``; a SYN-ACK or the guest kernel's RST is an
-answer). Each probe ends as one line ``<sent> <answered or -> <status>`` (epoch seconds).
+comes back) or a bare connect (``--mode tcp``; a SYN-ACK is an answer). A refused connection is
+never an answer: through a Service it is kube-proxy (or a node) with no ready endpoint, not the
+guest. Each probe ends as one line ``<sent> <answered or -> <status>`` (epoch seconds).
 It stops on SIGTERM/SIGINT, after ``--duration-s``, or when its parent goes away.
 
 The harness side (``Prober``, ``ProbeLog``) starts and stops the process and reads the file;
@@ -97,8 +98,8 @@ def _run(host: str, port: int, out: Path, mode: ProbeMode, interval: float, time
                 probe = key.data
                 if not probe.connected:
                     err = probe.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err == errno.ECONNREFUSED and mode == "tcp":
-                        finish(probe, time.time(), "refused")
+                    if err == errno.ECONNREFUSED:
+                        finish(probe, None, "refused")
                     elif err:
                         finish(probe, None, f"error-{errno.errorcode.get(err, err)}")
                     elif mode == "tcp":
@@ -136,7 +137,8 @@ def _run(host: str, port: int, out: Path, mode: ProbeMode, interval: float, time
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.prober", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m virtproof.instruments.prober",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("--out", type=Path, required=True)

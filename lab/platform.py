@@ -157,6 +157,12 @@ class VM(Protocol):
 
     def http_endpoint(self) -> Endpoint: ...
 
+    def http_paths(self) -> Mapping[str, Endpoint]:
+        """Every way to reach the guest's HTTP server, by name: ``service`` (through the platform's
+        service layer: a NodePort and kube-proxy) and/or ``direct`` (the guest's own address).
+        ``http_endpoint()`` is one of them; probing each shows what a service switch adds."""
+        ...
+
     def console_tail(self, lines: int = 40) -> str: ...
 
     def alive(self) -> bool:

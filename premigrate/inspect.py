@@ -126,9 +126,11 @@ def _exists(g: Any, path: str) -> bool:
         return False
 
 
-def _firmware(g: Any) -> tuple[Literal["bios", "uefi"], str]:
+def _firmware(g: Any) -> tuple[Literal["bios", "uefi"], str, tuple[str, ...]]:
+    """BIOS or UEFI, the partition table, and the EFI system partitions (devices)."""
     firmware: Literal["bios", "uefi"] = "bios"
     table = "unknown"
+    esps: list[str] = []
     for dev in g.list_devices():
         try:
             table = str(g.part_get_parttype(dev))
@@ -140,18 +142,15 @@ def _firmware(g: Any) -> tuple[Literal["bios", "uefi"], str]:
             num = int(part["part_num"])
             if str(g.part_get_gpt_type(dev, num)).upper() == ESP_GUID:
                 firmware = "uefi"
-    return firmware, table
+                esps.append(f"{dev}{num}")
+    return firmware, table, tuple(esps)
 
 
-def _efi_loaders(g: Any, firmware: str) -> tuple[str, ...]:
-    """EFI binaries on the ESP(s): each vfat file system mounted read-only at / in turn, before
-    the guest's own file systems are mounted."""
-    if firmware != "uefi":
-        return ()
+def _efi_loaders(g: Any, esps: tuple[str, ...]) -> tuple[str, ...]:
+    """EFI binaries on the ESP(s): each mounted read-only at / in turn, before the guest's own
+    file systems are mounted."""
     found: list[str] = []
-    for dev, fstype in g.list_filesystems().items():
-        if fstype != "vfat":
-            continue
+    for dev in esps:
         try:
             g.mount_ro(dev, "/")
         except RuntimeError:
@@ -351,13 +350,13 @@ def _mount_root(g: Any) -> tuple[str, dict[str, str]] | None:
 
 def collect_guest_facts(g: Any) -> GuestFacts | None:
     """Facts from a launched handle (drive added read-only). None: no operating system found."""
-    firmware, table = _firmware(g)
+    firmware, table, esps = _firmware(g)
     located = _mount_root(g)
     if located is None:
         return None
     root, mounts = located
     known = root in [str(r) for r in g.inspect_get_roots()]
-    efi = _efi_loaders(g, firmware)
+    efi = _efi_loaders(g, esps)
     for mountpoint in sorted(mounts, key=len):
         try:
             g.mount_ro(mounts[mountpoint], mountpoint)

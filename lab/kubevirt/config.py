@@ -33,6 +33,9 @@ class KubeVirtConfig:
     namespace: str | None = None  # default virtproof-<run-id>
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     node_address: str | None = None
+    # The guests' own addresses (VMI status.interfaces ipAddress) are routable from the harness
+    # (a bridge/Multus network, or the simulated-node lab's L2 segment): probe them too.
+    guest_network_reachable: bool = False
     require_cdi: bool = False
     delete_timeout_s: float = 60.0
 

@@ -71,13 +71,21 @@ class KubeVirtVM:
         return self.record.node
 
     def _endpoint(self, port: int) -> Endpoint:
-        return Endpoint(self.platform.node_address(self.record.node), port)
+        # One node's address for the whole run: a NodePort answers on every node, so the address
+        # stays put when the VM moves (the VMI's own node changes with every migration).
+        return Endpoint(self.platform.service_address(), port)
 
     def ssh_endpoint(self) -> Endpoint:
         return self._endpoint(self.ssh_node_port)
 
     def http_endpoint(self) -> Endpoint:
         return self._endpoint(self.http_node_port)
+
+    def http_paths(self) -> Mapping[str, Endpoint]:
+        paths = {"service": self.http_endpoint()}
+        if self.platform.config.guest_network_reachable and self.record.ip_address:
+            paths["direct"] = Endpoint(self.record.ip_address, manifests.HTTP_PORT)
+        return paths
 
     def console_tail(self, lines: int = 40) -> str:
         # The serial console is a websocket subresource; virtproof does not attach to it.
@@ -115,6 +123,7 @@ class KubeVirtPlatform:
         self.cordoned: set[str] = set()
         self.vms: dict[str, KubeVirtVM] = {}
         self._dry_runs: set[tuple[str, str]] = set()
+        self._service_address: str | None = None
 
     # construction -----------------------------------------------------------------------
     @classmethod
@@ -200,6 +209,20 @@ class KubeVirtPlatform:
         cluster labels any node ``kubevirt.io/schedulable``, labelled ``true`` (virt-handler runs)."""
         self.kube.conn.limiter.acquire()
         return schedulable_nodes(self.kube.core.list_node().items, self._node_ips)
+
+    def service_address(self) -> str:
+        """Where the harness reaches NodePorts: ``lab.node_address``, else the InternalIP of the
+        first schedulable node (by name), chosen once per run so that it never moves."""
+        with self._lock:
+            if self._service_address is None:
+                if self.config.node_address:
+                    self._service_address = self.config.node_address
+                else:
+                    nodes = self.nodes()
+                    if not nodes:
+                        raise PlatformError("no schedulable node to reach NodePort Services on; set lab.node_address")
+                    self._service_address = self.node_address(nodes[0])
+            return self._service_address
 
     def node_address(self, node: str) -> str:
         if self.config.node_address:

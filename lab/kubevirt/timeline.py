@@ -57,6 +57,7 @@ class VMRecord:
     phase_ts: dict[str, float] = field(default_factory=dict)  # kube-burner quantileName -> epoch s
     observed: dict[str, float] = field(default_factory=dict)
     migration_state: dict[str, Any] = field(default_factory=dict)
+    ip_address: str = ""  # status.interfaces[0].ipAddress, as virt-handler reports it
     failure: str = ""
     vmi_deleted: bool = False
 
@@ -146,6 +147,9 @@ class Recorder:
                 self._latency(record, PHASE_NAMES[phase], ts)
         record.phase = str(status.get("phase") or record.phase)
         record.node = str(status.get("nodeName") or record.node)
+        interfaces = status.get("interfaces") or []
+        if interfaces and interfaces[0].get("ipAddress"):
+            record.ip_address = str(interfaces[0]["ipAddress"])
         for condition in status.get("conditions") or []:
             if condition.get("status") != "True":
                 continue

@@ -71,6 +71,9 @@ class QemuVM:
     def http_endpoint(self) -> Endpoint:
         return self.http
 
+    def http_paths(self) -> Mapping[str, Endpoint]:
+        return {"direct": self.http}
+
     def console_tail(self, lines: int = 40) -> str:
         try:
             text = self.process.cfg.console_log.read_text(errors="replace")  # moves with migration

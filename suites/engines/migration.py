@@ -54,7 +54,7 @@ class GuestUnderTest:
     marker: str
     uptime: float
     workload_pid: str | None
-    prober: Prober | None
+    probers: dict[str, Prober]  # by path: "service" (through the platform's service layer), "direct"
     load: LocustRun | None
     boot_id: str  # the guest kernel's random boot id: a different one means a different (rebooted) guest
     problems: list[str] = field(default_factory=list)
@@ -118,7 +118,7 @@ def start_guest(factory: VMFactory, access: GuestAccess, suite: MigrationSuite, 
         load.wait_started(60)
         if "gevent" in sys.modules:
             raise GuestTrouble("locust's gevent reached the harness process")
-    return GuestUnderTest(vm, marker, float(lines[0]), workload_pid, None, load, boot_id)
+    return GuestUnderTest(vm, marker, float(lines[0]), workload_pid, {}, load, boot_id)
 
 
 def check_same_guest(guest: GuestUnderTest, access: GuestAccess) -> list[str]:
@@ -151,30 +151,30 @@ def check_same_guest(guest: GuestUnderTest, access: GuestAccess) -> list[str]:
 def stop_guest(guest: GuestUnderTest) -> None:
     if guest.load is not None:
         guest.load.stop()
-    if guest.prober is not None:
-        guest.prober.stop()
+    for prober in guest.probers.values():
+        prober.stop()
 
 
 def start_probers(guests: Sequence[GuestUnderTest], suite: MigrationSuite, out: Path, leg: int) -> None:
-    """A prober process per guest for one wave of moves (started before, stopped after it), so
-    the guests are not kept busy answering 100 requests a second between moves."""
+    """A prober process per guest and path for one wave of moves (started before, stopped after
+    it), so the guests are not kept busy answering 100 requests a second between moves."""
     for guest in guests:
-        http = guest.vm.http_endpoint()
-        guest.prober = Prober(
-            http.host, http.port, out / f"{guest.vm.name}-leg{leg}.probe", suite.probe, suite.probe_interval_ms
-        )
+        guest.probers = {
+            path: Prober(ep.host, ep.port, out / f"{guest.vm.name}-leg{leg}-{path}.probe", suite.probe,
+                         suite.probe_interval_ms)
+            for path, ep in guest.vm.http_paths().items()
+        }
     for guest in guests:
-        assert guest.prober is not None
-        if not guest.prober.wait_answering(60):
-            raise GuestTrouble(
-                f"{guest.vm.name}: the prober got no answer from {guest.vm.http_endpoint()} before the move"
-            )
+        for path, prober in guest.probers.items():
+            if not prober.wait_answering(60):
+                raise GuestTrouble(f"{guest.vm.name}: the prober got no answer on its {path} path "
+                                   f"{guest.vm.http_paths()[path]} before the move")
 
 
 def stop_probers(guests: Sequence[GuestUnderTest]) -> None:
     for guest in guests:
-        if guest.prober is not None:
-            guest.prober.stop()
+        for prober in guest.probers.values():
+            prober.stop()
 
 
 # --- moves and what they measured -------------------------------------------------------
@@ -217,11 +217,19 @@ def record_move(
     # The probers and the load run on this host's clock: read them in the harness's window, widened
     # by the platform times' resolution (a metav1.Time is truncated to the second).
     window_start, window_end = result.observed_window
-    if guest.prober is not None:
-        gap = ProbeLog.read(guest.prober.out).longest_gap(window_start, window_end)
+    gaps = {}
+    for path, prober in guest.probers.items():
+        gap = ProbeLog.read(prober.out).longest_gap(window_start, window_end)
         if gap is None:
-            return [f"{result.vm}: the prober never got an answer around the move"]
-        record("migration.guest_downtime_ms", gap.ms, "ms", answered=str(gap.end is not None), **labels)
+            return [f"{result.vm}: the prober never got an answer on its {path} path around the move"]
+        gaps[path] = gap
+        record("migration.guest_downtime_ms", gap.ms, "ms", answered=str(gap.end is not None), path=path,
+               **labels)
+    service, direct = gaps.get("service"), gaps.get("direct")
+    if service is not None and direct is not None and service.end is not None and direct.end is not None:
+        # How much later the guest answers through the Service than on its own address: the
+        # target pod's readiness, the EndpointSlice update and kube-proxy catching up.
+        record("migration.endpoint_switch_lag_ms", max(0.0, service.end - direct.end) * 1000, "ms", **labels)
     if guest.load is not None:
         load = window(guest.load.records(), window_start, window_end + SETTLE_S)
         record("migration.http_failures", load.failures, "count", requests=str(load.requests), **labels)
