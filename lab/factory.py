@@ -57,9 +57,16 @@ def _kubevirt(scenario: Scenario, lab_id: str, persistent: bool) -> LabHandle:
     return KubeVirtLabHandle(scenario, lab_id, persistent)
 
 
+def _sim_kubevirt(scenario: Scenario, lab_id: str, persistent: bool) -> LabHandle:
+    from virtproof.lab.controlplane.lab import SimKubeVirtLabHandle
+
+    return SimKubeVirtLabHandle(scenario, lab_id, persistent)
+
+
 HandleFactory = Callable[[Scenario, str, bool], LabHandle]
 # Backends are imported only when their lab kind is used (the kubernetes client is slow to import).
-HANDLES: dict[str, HandleFactory] = {"qemu": _qemu, "kind": _kubevirt, "kubeadm": _kubevirt, "existing": _kubevirt}
+HANDLES: dict[str, HandleFactory] = {"qemu": _qemu, "kind": _kubevirt, "kubeadm": _kubevirt, "existing": _kubevirt,
+                                     "sim-kubevirt": _sim_kubevirt}
 
 
 def open_lab(scenario: Scenario, lab_id: str, persistent: bool = False) -> LabHandle:
@@ -77,9 +84,11 @@ def describe(handle: LabHandle) -> Mapping[str, Any]:
 def leftovers_cleaners() -> list[Callable[[], list[str]]]:
     """Functions that remove what killed runs left behind, one per lab kind that leaves things."""
     from virtproof.lab.clusters.leftovers import leftovers_cleaner
+    from virtproof.lab.controlplane.leftovers import clean_leftovers as clean_control_planes
     from virtproof.lab.qemu.lab import clean_leftovers
 
-    return [clean_leftovers, leftovers_cleaner]
+    # control planes first: their node agents stop their qemu guests before the qemu labs go
+    return [clean_control_planes, clean_leftovers, leftovers_cleaner]
 
 
 def _pointer(scenario: Scenario) -> Path:

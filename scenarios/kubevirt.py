@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from virtproof.scenarios.base import Strict
 
@@ -147,3 +147,45 @@ class ExistingLab(KubeAccess):
     """Attach to a running cluster with KubeVirt; install nothing."""
 
     kind: Literal["existing"]
+
+
+class SimKubeVirtLab(Strict):
+    """A real control plane on this host, nodes simulated (``virtproof.lab.controlplane``).
+
+    etcd, kube-apiserver (RBAC and admission on), kube-controller-manager, kube-scheduler and
+    KubeVirt's virt-api and virt-controller run as host processes on loopback, built from the Go
+    module proxy at the pinned versions; KubeVirt's CRDs and RBAC come from its own code. The
+    kubelet's and virt-handler's part is played by virtproof's node agent: every VMI is a real
+    qemu guest on one of up to 16 network-namespace nodes, or with ``paper: true`` (up to 1,000
+    nodes) reported Running without a guest, to measure the control plane alone.
+    """
+
+    kind: Literal["sim-kubevirt"]
+    nodes: int = Field(2, ge=1, le=1000, description="Node objects; at most 16 unless paper")
+    paper: bool = Field(False, description="VMIs run no guest: control-plane scale runs")
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    network: Literal["netns", "loopback"] = "netns"
+    kubernetes_version: str = Field(CONTROL_PLANE_KUBERNETES, pattern=_VERSION)
+    kubevirt_version: str = Field(KUBEVIRT_VERSION, pattern=_VERSION)
+    etcd_version: str = Field(CONTROL_PLANE_ETCD, pattern=_VERSION)
+    apiserver_port: int | None = Field(None, ge=1024, le=65535, description="default: a free port")
+    namespace: str | None = Field(None, pattern=_NAME, max_length=63)
+    qps: float = Field(50.0, gt=0, le=10_000)
+    burst: int = Field(100, ge=1, le=10_000)
+
+    @field_validator("kubernetes_version", "kubevirt_version", "etcd_version")
+    @classmethod
+    def _pinned(cls, value: str, info: ValidationInfo) -> str:
+        component, pinned = {"kubernetes_version": ("Kubernetes", CONTROL_PLANE_KUBERNETES),
+                             "kubevirt_version": ("KubeVirt", KUBEVIRT_VERSION),
+                             "etcd_version": ("etcd", CONTROL_PLANE_ETCD)}[str(info.field_name)]
+        if value != pinned:
+            raise ValueError(f"{value} is not a {component} version virtproof builds (it builds {pinned})")
+        return value
+
+    @model_validator(mode="after")
+    def _real_nodes(self) -> SimKubeVirtLab:
+        if not self.paper and self.nodes > 16:
+            raise ValueError(f"nodes: {self.nodes} nodes with qemu guests is more than 16; "
+                             "set paper: true for up to 1000 nodes without guests")
+        return self

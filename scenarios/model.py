@@ -19,7 +19,7 @@ from virtproof.scenarios.base import ScenarioError as ScenarioError  # the loade
 from virtproof.scenarios.base import Strict, SuiteRunner
 from virtproof.scenarios.base import parse_mib as parse_mib
 from virtproof.scenarios.density import DensitySuite
-from virtproof.scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab
+from virtproof.scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab, SimKubeVirtLab
 from virtproof.scenarios.migration import MigrationSuite
 from virtproof.scenarios.reading import compose, read_text
 from virtproof.scenarios.v2v import V2VSuite
@@ -38,7 +38,7 @@ class QemuLab(Strict):
     tb_size_mib: int = Field(64, ge=16, le=1024)
 
 
-LabSpec = Annotated[QemuLab | KindLab | KubeadmLab | ExistingLab, Field(discriminator="kind")]
+LabSpec = Annotated[QemuLab | KindLab | KubeadmLab | ExistingLab | SimKubeVirtLab, Field(discriminator="kind")]
 
 
 # --- guest ------------------------------------------------------------------------------
@@ -135,7 +135,8 @@ class Scenario(Strict):
     def _suites_fit_lab(cls, suites: Suites, info: ValidationInfo) -> Suites:
         lab, guest = info.data.get("lab"), info.data.get("guest")
         if suites.migration is not None:
-            suites.migration.check(lab.nodes if isinstance(lab, QemuLab) else None, guest.memory if guest else None)
+            nodes = lab.nodes if isinstance(lab, QemuLab | SimKubeVirtLab) else None
+            suites.migration.check(nodes, guest.memory if guest else None)
         return suites
 
 
