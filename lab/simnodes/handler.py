@@ -136,7 +136,7 @@ class Handler:
         if guest is None:
             if phase == "Scheduled":
                 self._start(vmi, node)
-            elif phase == "Running" and not state.get("migrationUid"):
+            elif phase == "Running":
                 log.info("VMI %s runs on %s but its domain is not here: Failed", key, node)
                 self._put(node, final_status(vmi, "Failed", now))
             return
@@ -310,6 +310,8 @@ class Handler:
                     ports[str(next(self._ports))] = LIBVIRT_BLOCK_PORT
                 self._put(str(tgt), target_prepared(vmi, self.nodes[str(tgt)].address, ports))
             return True
+        if job is None and mine_src and status.get("nodeName") == src and guest is None:
+            return False  # the source domain is gone (an agent restart): the VM controller fails the VMI
         if job is None:
             ready = mine_src and status.get("nodeName") == src and state.get("targetDirectMigrationNodePorts")
             if ready and not state.get("abortRequested") and guest is not None and guest.state == "running":

@@ -171,9 +171,9 @@ class NodePortProxy:
                 continue
             self._failed.discard(listener)
 
-            def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        listener: Listener = listener) -> asyncio.Task[None]:
-                return self.loop.create_task(self._serve(listener, reader, writer))
+            async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              listener: Listener = listener) -> None:
+                await self._serve(listener, reader, writer)  # the server keeps this task alive
 
             self._servers[listener] = await asyncio.start_server(handler, sock=sock)
             log.info("proxy: %s:%d -> %s port %s", listener.address, listener.node_port, listener.service,
@@ -237,10 +237,15 @@ class NodePortProxy:
             return
         self.stats.relayed += 1
         up_reader, up_writer = upstream
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+        # copyBytes: when one direction ends, both connections are closed (the other copy ends too)
+        pipes = {asyncio.ensure_future(_pipe(reader, up_writer)), asyncio.ensure_future(_pipe(up_reader, writer))}
+        _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
         for end in (up_writer, writer):
             with contextlib.suppress(OSError, RuntimeError):
                 end.close()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def stop(self) -> None:
         def close_all() -> None:
@@ -264,9 +269,3 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     except (OSError, asyncio.IncompleteReadError):
         pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if writer.can_write_eof():
-                writer.write_eof()
-            else:
-                writer.close()
