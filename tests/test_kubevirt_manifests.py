@@ -50,7 +50,12 @@ def test_every_virtual_machine_validates(source: DiskSource, bus: str, nic: str,
 def test_cloud_init_injects_the_run_key_pins_the_host_key_and_starts_http() -> None:
     vm = manifests.virtual_machine(VMSpec(name="a"), "ns", "r1", SOURCES[0], CI)
     volume = next(v for v in vm["spec"]["template"]["spec"]["volumes"] if "cloudInitNoCloud" in v)
-    text = volume["cloudInitNoCloud"]["userData"]
+    # issue 12 item 9: the host's private key never sits inline in the VM object
+    assert volume["cloudInitNoCloud"] == {"secretRef": {"name": "a-cloudinit"}}
+    assert "PRIVATE KEY" not in str(vm)
+    secret = manifests.cloud_init_secret("a", "ns", "r1", CI)
+    assert secret["metadata"]["name"] == "a-cloudinit" and secret["metadata"]["labels"]["virtproof.io/run-id"] == "r1"
+    text = secret["stringData"]["userdata"]
     assert text.startswith("#cloud-config\n")
     data = yaml.safe_load(text)
     assert CI.authorized_key in data["ssh_authorized_keys"]

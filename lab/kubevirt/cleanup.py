@@ -88,11 +88,18 @@ def leftovers(kube: Kube, run_id: str | None = None, namespace: str | None = Non
         kube.conn.limiter.acquire()
         return list(kube.core.list_namespace(label_selector=selector).items)
 
-    for svc in _allowed(services):
-        meta = svc.metadata
-        if meta is not None:
-            found.append(Leftover("Service", str(meta.namespace), str(meta.name),
-                                  str((meta.labels or {}).get(RUN_LABEL, ""))))
+    def secrets() -> list[Any]:
+        kube.conn.limiter.acquire()
+        if namespace:
+            return list(kube.core.list_namespaced_secret(namespace, label_selector=selector).items)
+        return list(kube.core.list_secret_for_all_namespaces(label_selector=selector).items)
+
+    for kind, items in (("Service", _allowed(services)), ("Secret", _allowed(secrets))):
+        for obj in items:
+            meta = obj.metadata
+            if meta is not None:
+                found.append(Leftover(kind, str(meta.namespace), str(meta.name),
+                                      str((meta.labels or {}).get(RUN_LABEL, ""))))
     for ns in _allowed(namespaces):
         meta = ns.metadata
         if meta is not None:
@@ -112,6 +119,10 @@ def clean(kube: Kube, run_id: str | None = None, namespace: str | None = None) -
             elif item.kind == "Service":
                 kube.conn.limiter.acquire()
                 kube.core.delete_namespaced_service(item.name, item.namespace)
+                gone = True
+            elif item.kind == "Secret":
+                kube.conn.limiter.acquire()
+                kube.core.delete_namespaced_secret(item.name, item.namespace)
                 gone = True
             else:
                 kube.conn.limiter.acquire()

@@ -113,8 +113,10 @@ def virtual_machine(spec: VMSpec, namespace: str, run_id: str, source: DiskSourc
         volumes.append({"name": "scratch", "emptyDisk": {"capacity": f"{spec.scratch_disk_mib}Mi"}})
     if cloud_init is not None:
         disks.append({"name": "cloudinitdisk", "disk": {"bus": "virtio"}})
+        # The user-data carries the pinned host's private key: it lives in a Secret, never inline
+        # in the VM object everybody who can read VMs sees.
         volumes.append({"name": "cloudinitdisk",
-                        "cloudInitNoCloud": {"userData": cloud_init_user_data(cloud_init)}})
+                        "cloudInitNoCloud": {"secretRef": {"name": cloud_init_secret_name(spec.name)}}})
     template_spec: Obj = {
         "domain": {
             "cpu": {"cores": spec.cpus},
@@ -151,6 +153,23 @@ def virtual_machine(spec: VMSpec, namespace: str, run_id: str, source: DiskSourc
     if templates:
         body["spec"]["dataVolumeTemplates"] = templates
     return body
+
+
+def cloud_init_secret_name(vm_name: str) -> str:
+    return f"{vm_name}-cloudinit"[:253]
+
+
+def cloud_init_secret(vm_name: str, namespace: str, run_id: str, cloud_init: CloudInit) -> Obj:
+    """The Secret the VM's ``cloudInitNoCloud.secretRef`` names; KubeVirt reads its ``userdata`` key
+    (pkg/cloud-init/cloud-init.go ``readFirstFoundFileFromDir(..., "userdata", "userData")``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": cloud_init_secret_name(vm_name), "namespace": namespace,
+                     "labels": labels(run_id, **{VM_LABEL: vm_name})},
+        "type": "Opaque",
+        "stringData": {"userdata": cloud_init_user_data(cloud_init)},
+    }
 
 
 def guest_service(vm_name: str, namespace: str, run_id: str) -> Obj:

@@ -275,14 +275,17 @@ class KubeVirtPlatform:
         keys = self.keys()
         return GuestAccess(cfg.user, keys.client_private, keys.host_public)
 
+    def _cloud_init(self, spec: VMSpec) -> manifests.CloudInit | None:
+        cfg = self._image(spec.image)
+        if not cfg.cloud_init:
+            return None
+        keys = self.keys()
+        return manifests.CloudInit(cfg.user, keys.client_public, keys.host_private_pem, keys.host_public)
+
     def manifest_for(self, spec: VMSpec) -> Obj:
         """The VirtualMachine object ``create_vm`` would send for ``spec``."""
         cfg = self._image(spec.image)
-        cloud = None
-        if cfg.cloud_init:
-            keys = self.keys()
-            cloud = manifests.CloudInit(cfg.user, keys.client_public, keys.host_private_pem, keys.host_public)
-        return manifests.virtual_machine(spec, self.namespace, self.config.run_id, cfg.source, cloud)
+        return manifests.virtual_machine(spec, self.namespace, self.config.run_id, cfg.source, self._cloud_init(spec))
 
     def _dry_run_once(self, res: Resource, body: Obj, namespace: str | None, what: str) -> None:
         """The cluster's own truth before anything is created: the first object of each kind (and
@@ -304,21 +307,34 @@ class KubeVirtPlatform:
         record = self.recorder.track(spec.name, timeline)
         timeline.add("created", time.time(), "harness")
         service = manifests.guest_service(spec.name, self.namespace, self.config.run_id)
+        cloud = self._cloud_init(spec)
         try:
+            if cloud is not None:
+                self.kube.conn.limiter.acquire()
+                secret = manifests.cloud_init_secret(spec.name, self.namespace, self.config.run_id, cloud)
+                self.kube.core.create_namespaced_secret(self.namespace, cast(Any, secret))
             self.kube.conn.limiter.acquire()
             svc = self.kube.core.create_namespaced_service(self.namespace, cast(Any, service))
             self.kube.create(VM, body, self.namespace)
         except ApiException as exc:
             self.recorder.forget(spec.name)
-            try:  # do not leave the Service behind when the VM was refused
-                self.kube.core.delete_namespaced_service(service["metadata"]["name"], self.namespace)
-            except ApiException:
-                pass
+            self._delete_companions(spec.name)  # do not leave the Service or Secret of a refused VM
             raise PlatformError(f"creating VM {spec.name}: {self._api_error(exc)}") from None
         ports = {p.name: int(p.node_port or 0) for p in ((svc.spec.ports or []) if svc.spec else [])}
         vm = KubeVirtVM(spec, timeline, record, self, ports.get("ssh", 0), ports.get("http", 0))
         self.vms[spec.name] = vm
         return vm
+
+    def _delete_companions(self, vm_name: str) -> None:
+        """The VM's Service and cloud-init Secret; already gone is fine."""
+        for delete, name in ((self.kube.core.delete_namespaced_service, f"{vm_name}-guest"),
+                             (self.kube.core.delete_namespaced_secret, manifests.cloud_init_secret_name(vm_name))):
+            try:
+                self.kube.conn.limiter.acquire()
+                delete(name, self.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise PlatformError(f"deleting {name}: {self._api_error(exc)}") from None
 
     def _api_error(self, exc: ApiException) -> str:
         body = str(exc.body or exc.reason or "")
@@ -348,11 +364,10 @@ class KubeVirtPlatform:
         rec = kvm.record
         try:
             self.kube.delete(VM, kvm.name, self.namespace)
-            self.kube.conn.limiter.acquire()
-            self.kube.core.delete_namespaced_service(f"{kvm.name}-guest", self.namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise PlatformError(f"deleting VM {kvm.name}: {self._api_error(exc)}") from None
+        self._delete_companions(kvm.name)
         if rec.vmi_uid:
             gone = self.recorder.wait_for(lambda: rec.vmi_deleted, self.config.delete_timeout_s)
             if not gone:

@@ -52,6 +52,7 @@ REQUIRED: tuple[Permission, ...] = tuple(
     + _perms("get list watch patch", "virtualmachineinstances", KV)
     + _perms("create get list watch delete", "virtualmachineinstancemigrations", KV)
     + _perms("create get list delete", "services")
+    + _perms("create get list delete", "secrets")
     + _perms("list", "pods")
     + _perms("get list", "kubevirts", KV, namespaced=False)
     + _perms("get list", "nodes", namespaced=False)

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from fakekube.guests import GuestRequest, GuestRunner, MigrationCancelled
 from fakekube.proxy import NodePortProxy

@@ -43,6 +43,7 @@ KINDS = [
     Kind("", "v1", "nodes", "Node", False),
     Kind("", "v1", "pods", "Pod", True),
     Kind("", "v1", "services", "Service", True),
+    Kind("", "v1", "secrets", "Secret", True),
     Kind("kubevirt.io", "v1", "virtualmachines", "VirtualMachine", True, "v1.VirtualMachine"),
     Kind("kubevirt.io", "v1", "virtualmachineinstances", "VirtualMachineInstance", True,
          "v1.VirtualMachineInstance"),
