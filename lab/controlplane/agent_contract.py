@@ -1,10 +1,13 @@
 """The interface between the sim-kubevirt lab and its node agent (``virtproof.lab.simnodes``).
 
 The lab brings up the control plane and creates the Node objects, then writes ``DIR/agent.json``
-(this dataclass) and starts ``python -m virtproof.lab.simnodes --lab-dir DIR`` in its own session,
-logging to ``DIR/logs/agent.log``, its pid in ``DIR/agent.pid``. DIR is the lab directory
-(``<state root>/controlplane/<lab-id>``); the agent may keep its own files under ``DIR/agent/``.
-At ``down`` the lab sends SIGTERM (then SIGKILL after a grace period) and removes DIR.
+(this dataclass) and starts ``python -m virtproof.lab.simnodes --lab-dir DIR/`` in its own session
+(the trailing slash puts the lab directory, the lab's marker, into its command line), its
+stdout and stderr appended to ``DIR/agent.log`` (where the agent logs), its pid in
+``DIR/agent.pid``. DIR is the lab directory (``<state root>/controlplane/<lab-id>``); the agent
+may keep its own files under ``DIR/agent/``.
+The lab counts the agent ready when every node has a Lease in ``kube-node-lease``. At ``down``
+the lab sends SIGTERM (then SIGKILL after 30 s) and removes DIR.
 
 The agent plays the kubelet and virt-handler of every node listed: Leases in
 ``kube-node-lease`` and the Ready condition (heartbeats), pod status for pods bound to its nodes,
@@ -21,7 +24,7 @@ from typing import Any
 
 CONTRACT_FILE = "agent.json"
 PID_FILE = "agent.pid"
-LOG_FILE = "logs/agent.log"
+LOG_FILE = "agent.log"
 AGENT_MODULE = "virtproof.lab.simnodes"
 CONTRACT_VERSION = 1
 
