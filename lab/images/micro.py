@@ -1,10 +1,13 @@
 """The micro guest: Debian's cloud kernel and an initramfs of busybox, dropbear and virtio modules.
 
 Everything comes from Debian packages fetched with ``apt-get download`` into the cache and
-unpacked there; nothing is installed on the host. The dropbear host key is generated at build
-time (with the unpacked ``dropbearkey``) and its public half is pinned in ``image.json``.
-The archive is deterministic for a given file tree (sorted entries, mtime 0, root-owned); the
-image is cached under the hash of its inputs (package hashes, init scripts, module list).
+unpacked there; nothing is installed on the host. The one thing compiled here is vp-memcheck
+(``memcheck.py``: the guest memory-integrity checker, a static binary built from its C source
+with musl-gcc or gcc), shipped as ``/usr/bin/vp-memcheck`` with a boot hook and two CGIs.
+The dropbear host key is generated at build time (with the unpacked ``dropbearkey``) and its
+public half is pinned in ``image.json``. The archive is deterministic for a given file tree
+(sorted entries, mtime 0, root-owned); the image is cached under the hash of its inputs (package
+hashes, init scripts, module list, vp-memcheck's source and compiler).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-from virtproof.lab.images import cpio
+from virtproof.lab.images import cpio, memcheck
 from virtproof.lab.images.debs import Deb, DebCache, PackageError, resolve_dependency, unpack
 from virtproof.lab.images.elf import interpreter, load_order, needed_libraries
 
@@ -235,6 +238,22 @@ def stage_tree(staged: StagedPackages, tree: Path, modules: Sequence[str]) -> st
     return generate_host_key(stage, tree / "etc/dropbear/dropbear_ed25519_host_key")
 
 
+def add_memcheck(tree: Path, binary: Path) -> None:
+    """vp-memcheck in the micro tree: the binary, its boot hook (``vp.memcheck=MIB[,MIBPS[,HOT]]``)
+    and the CGIs ``/cgi-bin/memcheck`` (verify) and ``/cgi-bin/dmesg`` for checks without SSH."""
+    files = {
+        memcheck.GUEST_PATH.lstrip("/"): binary.read_bytes(),
+        "etc/virtproof/boot.d/50-memcheck": HERE.joinpath("memcheck-boot.sh").read_bytes(),
+        "www/cgi-bin/memcheck": HERE.joinpath("cgi-memcheck.sh").read_bytes(),
+        "www/cgi-bin/dmesg": HERE.joinpath("cgi-dmesg.sh").read_bytes(),
+    }
+    for target, content in files.items():
+        dest = tree / target
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(content)
+        os.chmod(dest, 0o755)
+
+
 def inputs_digest(debs: Sequence[Deb], modules: Sequence[str], extra: str = "") -> str:
     """The cache key of an image: package hashes, module list, init scripts, builder code."""
     h = hashlib.sha256()
@@ -248,7 +267,8 @@ def inputs_digest(debs: Sequence[Deb], modules: Sequence[str], extra: str = "") 
 def sources_digest() -> str:
     """Hash of the builder's own files: an image built by other code is stale."""
     h = hashlib.sha256()
-    for name in ("init.sh", "udhcpc.sh", "vp-dirty.sh", "micro.py", "cpio.py", "elf.py"):
+    for name in ("init.sh", "udhcpc.sh", "vp-dirty.sh", "micro.py", "cpio.py", "elf.py", "memcheck.py",
+                 memcheck.SOURCE, "memcheck-boot.sh", "cgi-memcheck.sh", "cgi-dmesg.sh"):
         h.update((HERE / name).read_bytes())
     return h.hexdigest()
 
@@ -267,7 +287,8 @@ def build_micro(cache_root: Path, *, rebuild: bool = False, progress: Progress =
     with open(images / ".micro.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time (xdist workers, parallel runs)
         debs = fetch_packages(cache_root, progress)
-        digest = inputs_digest(debs, VIRTIO_MODULES + LEGACY_MODULES)
+        compiler = memcheck.find_compiler()
+        digest = inputs_digest(debs, VIRTIO_MODULES + LEGACY_MODULES, f"memcheck={memcheck.binary_key(compiler)}")
         target = images / f"micro-{digest[:16]}"
         if (target / "image.json").exists() and not rebuild:
             progress(f"micro image {digest[:16]} is cached")
@@ -277,6 +298,9 @@ def build_micro(cache_root: Path, *, rebuild: bool = False, progress: Progress =
             progress("staging the initramfs tree")
             tree = Path(tmp) / "tree"
             host_key = stage_tree(staged, tree, VIRTIO_MODULES + LEGACY_MODULES)
+            progress(f"compiling vp-memcheck ({compiler.identity})")
+            checker = memcheck.build_binary(cache_root, compiler)
+            add_memcheck(tree, checker)
             out = Path(tmp) / "out"
             out.mkdir()
             progress("packing initramfs")
@@ -294,6 +318,9 @@ def build_micro(cache_root: Path, *, rebuild: bool = False, progress: Progress =
                 "user": "root",
                 "builder_digest": sources_digest(),
                 "initrd_sha256": hashlib.sha256((out / "initrd.img").read_bytes()).hexdigest(),
+                "memcheck": memcheck.GUEST_PATH,
+                "memcheck_sha256": hashlib.sha256(checker.read_bytes()).hexdigest(),
+                "memcheck_compiler": compiler.identity,
                 "size_bytes": size,
                 "built_at": datetime.now(UTC).isoformat(),
             }
