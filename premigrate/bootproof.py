@@ -41,7 +41,7 @@ from virtproof.premigrate.screen import (
 )
 
 SCREEN_EVERY_S = 2.0
-SSH_GRACE_S = 20.0
+SSH_GRACE_S = 30.0
 TEXT_EVERY_S = 1.0
 MILESTONES = {"kernel": ms.KERNEL, "root_mounted": ms.USERSPACE, "login_prompt": ms.LOGIN}
 FAILURES = ms.FAILURES
@@ -89,10 +89,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ssh_banner(port: int) -> str | None:
+def _ssh_banner(port: int, wait: float = 0.25) -> str | None:
+    """The guest's ``SSH-`` banner through the forwarded port, waiting ``wait`` s for it (qemu's
+    user networking accepts the connection before the guest listens)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.settimeout(0.25)
+            s.settimeout(wait)
             data = s.recv(64)
     except OSError:
         return None
@@ -261,10 +263,13 @@ def boot_and_follow(
             ):
                 failure, failure_at = f"root file system not mounted {root_wait_s:.0f} s after the kernel started", now
             if ("kernel" in milestones or "bootloader" in milestones) and banner is None and now >= next_ssh:
-                banner = _ssh_banner(port)
+                # Each abandoned connection costs the guest an sshd fork, and a loaded TCG guest
+                # needs seconds to answer: wait longer per connection as the wait grows.
+                wait = min(5.0, 0.25 + (now - milestones.get("kernel", milestones.get("bootloader", now))) / 30)
+                banner = _ssh_banner(port, wait)
                 if banner:
                     milestones["sshd"] = now
-                next_ssh = now + 1.0
+                next_ssh = now + 1.0 + wait
             if probe.ended and "probe_done" not in milestones:
                 milestones["probe_done"] = now
             if probe.net_up and "network_up" not in milestones:
