@@ -26,3 +26,10 @@ def policy_label(policy: MigrationPolicy) -> str:
     if policy.downtime_limit_ms:
         parts.append(f"dt{policy.downtime_limit_ms}")
     return "-".join(parts)
+
+
+# A platform's ``facts()`` may carry this key: a known defect of its hypervisor that corrupts
+# migrated guests, as a mapping with at least ``id`` (e.g. ``qemu-tcg-dirty-bitmap``), ``affected``
+# (the lab's guests would hit it) and ``workaround_active``. The migration suite names it as the
+# cause of a corruption it detects when the lab is affected and the work-around is off.
+MIGRATION_DEFECT_FACT = "migration_defect"

@@ -36,6 +36,9 @@ class QemuLab(Strict):
     network: Literal["netns", "loopback"] = "netns"
     machine: Literal["q35", "pc"] = "q35"
     tb_size_mib: int = Field(64, ge=16, le=1024)
+    # qemu < 9.0 loses dirty pages in TCG live migrations (virtproof.lab.qemu.defects): "auto" gives
+    # every guest 8 KiB more RAM there, which avoids it; "off" does not (to show the defect).
+    tcg_migration_workaround: Literal["auto", "off"] = "auto"
 
 
 LabSpec = Annotated[QemuLab | KindLab | KubeadmLab | ExistingLab | SimKubeVirtLab, Field(discriminator="kind")]

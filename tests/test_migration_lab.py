@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -94,6 +96,47 @@ def test_timeout_cancels_and_the_guest_stays(lab: tuple[QemuLabHandle, QemuPlatf
     assert _run(platform, vm, "echo alive") == "alive"
     again = platform.migrate(vm, "node1", MigrationPolicy())  # a cancelled move leaves it movable
     assert again.ok, again
+    platform.delete_vm(vm)
+
+
+def test_a_silent_destination_after_completion_is_waited_for_not_doubled(
+    lab: tuple[QemuLabHandle, QemuPlatform],
+) -> None:
+    """The source says completed, then the destination's QMP goes silent for 8 s (SIGSTOP, as a
+    starved qemu on a loaded host). The move must wait for it and succeed, never resume the
+    completed source: that would run two copies of the guest (split brain)."""
+    _, platform = lab
+    vm = _boot(platform, "silentvm")
+    source_pid = vm.process.pid
+    _run(platform, vm, "echo before > /root/k")
+    frozen: list[int] = []
+
+    def freeze_on_completion() -> None:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            progress = platform.migration_progress(vm)
+            if progress is not None and progress.status == "completed" and progress.destination_pid:
+                os.kill(progress.destination_pid, signal.SIGSTOP)
+                frozen.append(progress.destination_pid)
+                try:
+                    time.sleep(8)
+                finally:
+                    os.kill(progress.destination_pid, signal.SIGCONT)
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=freeze_on_completion)
+    thread.start()
+    try:
+        result = platform.migrate(vm, "node1", MigrationPolicy(timeout_s=90))
+    finally:
+        thread.join()
+    assert frozen, "the migration never reported completed"
+    assert result.ok, result
+    assert vm.process.pid == frozen[0] and vm.node == "node1"
+    assert not _alive(source_pid), "the completed source must not run on"
+    assert platform.migration_leftovers(vm) == []
+    assert _run(platform, vm, "cat /root/k") == "before"
     platform.delete_vm(vm)
 
 

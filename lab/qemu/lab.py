@@ -68,6 +68,10 @@ class QemuLabHandle:
                     f"ip -n vp-{self.lab_id}-n{i} addr add 198.18.<k>.{i + 2}/24 dev vpn{tok}{i}",
                 ]
         lines.append(f"accel {self.spec.accel}: probe a guest under KVM" if self.spec.accel != "tcg" else "accel tcg")
+        if self.spec.tcg_migration_workaround == "auto":
+            lines.append("under TCG with qemu < 9.0: guest RAM + 8 KiB (the TCG dirty-bitmap work-around)")
+        else:
+            lines.append("tcg_migration_workaround: off (qemu < 9.0 TCG migrations may corrupt guests)")
         return lines
 
     def up(self, progress: Progress = lambda _: None) -> QemuPlatform:
@@ -114,6 +118,7 @@ class QemuLabHandle:
                     "accel_reason": choice.reason,
                     "machine": self.spec.machine,
                     "tb_size_mib": str(self.spec.tb_size_mib),
+                    "tcg_migration_workaround": self.spec.tcg_migration_workaround,
                     # The image resolved now is the one every VM of this lab uses (and whose host
                     # key is pinned), even if the image is rebuilt while the lab is up.
                     f"image:{self.guest.image}": str(image.directory),

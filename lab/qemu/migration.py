@@ -12,7 +12,14 @@ It ends in exactly one of these ways, and never waits past the policy's timeout:
   destination process and node; the source qemu is stopped.
 - failed, cancelled, or the timeout (then ``migrate_cancel``), or the destination qemu died:
   the destination is removed and the guest keeps running on the source (resumed if needed).
+  Once the source says ``completed`` it is resumed only if the destination died without ever
+  running the guest: resuming it while the destination may run would be two copies of one guest
+  (split brain on its disks and address), so a destination that is merely slow to answer is
+  waited for, and one that is alive but never reports running makes the guest lost, not doubled.
 - the source qemu died: a failed result that says the guest is lost; the destination is removed.
+
+A slow QMP answer (a loaded host) is not a failed migration: ``query-migrate`` and
+``query-status`` that time out are asked again until the policy's deadline.
 
 Times: ``total_s`` runs from the request to the destination's RESUME event (QEMU's clock);
 ``downtime_ms``, ``setup_s`` and ``transferred_mib`` are what ``query-migrate`` reports.
@@ -273,8 +280,12 @@ class Migrator:
         if outcome.error is None:
             running = self._wait_destination_running(destination, deadline)
             if running is None:
+                # The source has handed the guest over (completed). Resuming it is safe only if the
+                # destination never ran the guest: it exited without a RESUME. A live destination
+                # may be running it (its QMP silent): it is stopped and the guest counts as lost.
                 error = "destination did not reach running after the source completed"
-                outcome = _Outcome(outcome.info, error, policy.mode != "postcopy")
+                never_ran = not destination.alive() and not destination.qmp.events("RESUME")
+                outcome = _Outcome(outcome.info, error, never_ran and policy.mode != "postcopy")
             else:
                 # post-copy resumes the destination before the source completes: the later one ends it
                 done = [e.timestamp for e in source.qmp.events("MIGRATION") if e.data.get("status") == "completed"]
@@ -309,7 +320,11 @@ class Migrator:
             except QMPFailure as exc:
                 if not source.alive():
                     continue
-                return _Outcome(info, f"query-migrate: {exc}", True)
+                if time.monotonic() <= deadline:  # a slow answer on a loaded host: ask again
+                    log.info("query-migrate: %s", exc)
+                    continue
+                switched = str(info.get("status", "")).startswith("postcopy") or postcopy_started
+                return _Outcome(info, f"query-migrate: {exc}", not switched)
             status = str(info.get("status", "none"))
             flight.status = status
             flight.transferred = int((info.get("ram") or {}).get("transferred", 0))
@@ -372,13 +387,18 @@ class Migrator:
         return _Outcome(info, f"{reason}; cancelled (status {status})", True)
 
     def _wait_destination_running(self, destination: QemuProcess, deadline: float) -> float | None:
-        """Epoch time the destination resumed (its RESUME event), or None if it never ran."""
-        end = time.monotonic() + min(RUNNING_WAIT_S, max(1.0, deadline - time.monotonic()))
+        """Epoch time the destination resumed (its RESUME event), or None if it did not run in time.
+
+        At least ``RUNNING_WAIT_S``, and up to the policy's deadline: a destination whose QMP is
+        slow to answer on a loaded host is asked again, never given up on at the first timeout."""
+        end = time.monotonic() + max(RUNNING_WAIT_S, deadline - time.monotonic())
         while time.monotonic() < end and destination.alive():
             try:
                 status = destination.qmp.execute("query-status", timeout=5).get("status")
-            except QMPFailure:
-                return None
+            except QMPFailure as exc:
+                log.info("destination query-status: %s", exc)
+                time.sleep(POLL_S)
+                continue
             if status == "running":
                 events = destination.qmp.events("RESUME")
                 return events[-1].timestamp if events else time.time()

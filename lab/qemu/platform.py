@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from virtproof.core.migration import MIGRATION_DEFECT_FACT
 from virtproof.lab.images.micro import GuestImage
 from virtproof.lab.images.store import ImageStore
 from virtproof.lab.platform import (
@@ -28,6 +29,8 @@ from virtproof.lab.platform import (
     VMSpec,
 )
 from virtproof.lab.qemu import l2
+from virtproof.lab.qemu.accel import qemu_version
+from virtproof.lab.qemu.defects import TcgDirtyBitmapDecision, WorkaroundSetting, decide_tcg_dirty_bitmap
 from virtproof.lab.qemu.migration import MigrationProgress, Migrator
 from virtproof.lab.qemu.network import NetworkError, exec_prefix
 from virtproof.lab.qemu.process import Disk, QemuConfig, QemuProcess, TapNic, UserNic, find_processes, wait_gone
@@ -104,6 +107,8 @@ class QemuPlatform:
         self._lock = threading.Lock()
         self._vms: dict[str, QemuVM] = {}
         self._migrations = Migrator(self)
+        self._qemu_version: str | None = None
+        self._tcg_dirty_bitmap: TcgDirtyBitmapDecision | None = None
 
     # --- Platform protocol -----------------------------------------------------------
 
@@ -119,7 +124,25 @@ class QemuPlatform:
         return [n.name for n in self.state.nodes]
 
     def facts(self) -> Mapping[str, object]:
-        return {"network": self.state.network, "accel_reason": self.state.extra.get("accel_reason")}
+        return {
+            "network": self.state.network,
+            "accel_reason": self.state.extra.get("accel_reason"),
+            "qemu_version": self.qemu_version(),
+            MIGRATION_DEFECT_FACT: self.tcg_dirty_bitmap().fact(self.qemu_version()),
+        }
+
+    def qemu_version(self) -> str:
+        """``qemu-system-x86_64 --version``'s first line (asked once per platform)."""
+        if self._qemu_version is None:
+            self._qemu_version = qemu_version()
+        return self._qemu_version
+
+    def tcg_dirty_bitmap(self) -> TcgDirtyBitmapDecision:
+        """Whether guests get the qemu < 9.0 TCG migration work-around (lab.qemu.defects)."""
+        if self._tcg_dirty_bitmap is None:
+            setting: WorkaroundSetting = "off" if self.state.extra.get("tcg_migration_workaround") == "off" else "auto"
+            self._tcg_dirty_bitmap = decide_tcg_dirty_bitmap(self.state.accel, self.qemu_version(), setting)
+        return self._tcg_dirty_bitmap
 
     def guest_access(self, image: str) -> GuestAccess:
         built = self._image(image)
@@ -161,6 +184,7 @@ class QemuPlatform:
             accel="kvm" if self.state.accel == "kvm" else "tcg",
             tb_size_mib=int(self.state.extra.get("tb_size_mib", "64")),
             machine=self.state.extra.get("machine", "q35"),
+            ram_pad_kib=self.tcg_dirty_bitmap().ram_pad_kib,
             kernel=image.kernel,
             initrd=image.initrd,
             append=append,
@@ -211,9 +235,10 @@ class QemuPlatform:
         """Live-migrate ``vm`` to ``target_node`` (see lab.qemu.migration)."""
         return self._migrations.migrate(self._own(vm), target_node, policy)
 
-    def evacuate(self, node: str, timeout: float = 300.0) -> list[MigrationResult]:
-        """Drain ``node``: live-migrate every VM on it to the other nodes."""
-        return self._migrations.evacuate(node, timeout)
+    def evacuate(self, node: str, timeout: float = 300.0, parallel: int = 2) -> list[MigrationResult]:
+        """Drain ``node``: live-migrate every VM on it to the other nodes, ``parallel`` at a time
+        (2, as KubeVirt's default parallelOutboundMigrationsPerNode)."""
+        return self._migrations.evacuate(node, timeout, parallel)
 
     # --- FaultInjection, HostProcesses ----------------------------------------------------
 

@@ -89,6 +89,9 @@ class QemuConfig:
     firmware: Firmware | None = None  # None: the machine's BIOS (SeaBIOS)
     balloon: bool = False  # virtio-balloon, as KubeVirt attaches unless autoattachMemBalloon: false
     no_reboot: bool = True  # a reboot ends the process (the lab); a boot proof lets the guest reboot
+    # KiB added to -m (the qemu < 9.0 TCG migration work-around, see lab.qemu.defects); a migration
+    # destination is the source's config with a new directory, so both ends get the same RAM size.
+    ram_pad_kib: int = 0
     extra_args: tuple[str, ...] = ()
 
     @property
@@ -161,7 +164,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         "-smp",
         str(cfg.cpus),
         "-m",
-        str(cfg.memory_mib),
+        f"{cfg.memory_mib * 1024 + cfg.ram_pad_kib}K" if cfg.ram_pad_kib else str(cfg.memory_mib),
         "-nodefaults",
         "-no-user-config",
         "-display",
