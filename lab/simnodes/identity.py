@@ -23,6 +23,7 @@ import base64
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,11 +193,14 @@ class HandlerIdentities:
         return token, time.time() + token_seconds(pod)
 
     def start(self, nodes: list[str]) -> None:
-        for node in nodes:
+        def one(node: str) -> None:
             pod = ensure_handler_pod(self.admin, node)
             token, expires = self._request(node, pod)
             kube = Kube.with_token(self.server, self.ca_file, token, f"virt-handler-{node}")
             self.tokens[node] = HandlerToken(node, kube, expires, str(pod["metadata"]["uid"]))
+
+        with ThreadPoolExecutor(8, thread_name_prefix="identity") as pool:
+            list(pool.map(one, nodes))
         self._thread = threading.Thread(target=self._renew, name="handler-tokens", daemon=True)
         self._thread.start()
 

@@ -29,6 +29,11 @@ STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
 
+AGENT_UA = "virtproof-simnodes/0.1 (linux/amd64)"
+KUBELET_UA = "kubelet/v1.34.4 (linux/amd64) kubernetes/virtproof-simnodes"
+HANDLER_UA = "virt-handler/v1.9.0 (linux/amd64) kubernetes/virtproof-simnodes"
+
+
 class ApiError(Exception):
     """A non-2xx answer (or no answer) from the API server."""
 
@@ -63,11 +68,14 @@ def path_of(group: str, version: str, plural: str, namespace: str | None = None,
 class Kube:
     """One identity's connection. Thread-safe (urllib3's pool is)."""
 
-    def __init__(self, configuration: client.Configuration, name: str) -> None:
+    def __init__(self, configuration: client.Configuration, name: str, user_agent: str = AGENT_UA) -> None:
         configuration.retries = False  # the agent's loops retry; urllib3 must not hide failures
         self.name = name
         self.configuration = configuration
         self.api = client.ApiClient(configuration)
+        # the API server names a managedFields entry after the User-Agent's first word: "kubelet",
+        # "virt-handler", as the real components' writes are
+        self.api.user_agent = user_agent
         self._token_lock = threading.Lock()
         self.requests: dict[str, int] = {}  # by method, for the agent's own cost accounting
 
@@ -78,20 +86,21 @@ class Kube:
         return cls(configuration, name)
 
     @classmethod
-    def with_certificate(cls, server: str, ca_file: Path, cert_file: Path, key_file: Path, name: str) -> Kube:
+    def with_certificate(cls, server: str, ca_file: Path, cert_file: Path, key_file: Path, name: str,
+                         user_agent: str = KUBELET_UA) -> Kube:
         configuration = client.Configuration()
         configuration.host = server
         configuration.ssl_ca_cert = str(ca_file)
         configuration.cert_file = str(cert_file)
         configuration.key_file = str(key_file)
-        return cls(configuration, name)
+        return cls(configuration, name, user_agent)
 
     @classmethod
-    def with_token(cls, server: str, ca_file: Path, token: str, name: str) -> Kube:
+    def with_token(cls, server: str, ca_file: Path, token: str, name: str, user_agent: str = HANDLER_UA) -> Kube:
         configuration = client.Configuration()
         configuration.host = server
         configuration.ssl_ca_cert = str(ca_file)
-        kube = cls(configuration, name)
+        kube = cls(configuration, name, user_agent)
         kube.set_token(token)
         return kube
 

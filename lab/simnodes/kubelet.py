@@ -79,6 +79,9 @@ class Kubelet:
                 log.info("pod %s on %s is not KubeVirt's: no container runtime for it here", key, node)
             return
         meta = pod["metadata"]
+        stale = self.runtime.pod_by_key(key)
+        if stale is not None and stale.uid != str(meta["uid"]):
+            self._forget(key)  # the pod was deleted and made again under the same name
         with self.runtime.lock:
             record = self.runtime.pods.get(str(meta["uid"]))
         if record is None:
