@@ -27,3 +27,5 @@ class Capability(enum.StrEnum):
     FAULT_INJECTION = "fault_injection"
     # The platform reports per-VM phase latencies from its own records (KubeVirt vmiLatency).
     PLATFORM_LATENCIES = "platform_latencies"
+    # The control plane's own request counters (kube-apiserver's apiserver_request_total).
+    API_METRICS = "api_metrics"

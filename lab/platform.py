@@ -11,6 +11,7 @@ probing a backend's attributes:
 - ``FaultInjection`` (``fault_injection``): the migration fault tests' hooks.
 - ``HostProcesses`` (``host_metrics``): the host pid behind a VM, for host metrics.
 - ``LatencyReporting`` (``platform_latencies``): per-VM phase latencies from the platform's records.
+- ``ApiMetrics`` (``api_metrics``): the control plane's request counters (kube-apiserver /metrics).
 """
 
 from __future__ import annotations
@@ -306,6 +307,23 @@ class HostProcesses(Protocol):
     """``host_metrics``: each VM is a process on this host whose CPU and memory can be read."""
 
     def host_pid(self, vm: VM) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class ApiRequests:
+    """How many requests the control plane served for one verb and resource (all codes summed)."""
+
+    verb: str
+    resource: str  # "pods", "virtualmachineinstances", "pods/eviction"...
+    group: str
+    count: float
+
+
+@runtime_checkable
+class ApiMetrics(Protocol):
+    """``api_metrics``: the control plane's request counters, read from its own metrics endpoint."""
+
+    def api_requests(self) -> Sequence[ApiRequests]: ...
 
 
 @runtime_checkable

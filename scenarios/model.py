@@ -22,6 +22,7 @@ from virtproof.scenarios.density import DensitySuite
 from virtproof.scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab, SimKubeVirtLab
 from virtproof.scenarios.migration import MigrationSuite
 from virtproof.scenarios.reading import compose, read_text
+from virtproof.scenarios.scale import ScaleSuite
 from virtproof.scenarios.v2v import V2VSuite
 
 # --- lab --------------------------------------------------------------------------------
@@ -74,6 +75,7 @@ class Suites(Strict):
     density: DensitySuite | None = None
     migration: MigrationSuite | None = None
     v2v: V2VSuite | None = None
+    scale: ScaleSuite | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Suites:

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from kubernetes.client.exceptions import ApiException
 
+from virtproof.instruments import promtext
 from virtproof.instruments.latency import Quantiles, summarize_all
 from virtproof.lab.kubevirt import manifests, migration
 from virtproof.lab.kubevirt.config import ImageConfig, KubeVirtConfig
@@ -31,11 +32,13 @@ from virtproof.lab.kubevirt.preflight import (
     ClusterFacts,
     check_permissions,
     inspect_cluster,
+    may_get_url,
     require_permissions,
 )
 from virtproof.lab.kubevirt.resources import RUN_LABEL, VM, VMI, VMIM, Kube, Obj, Resource
 from virtproof.lab.kubevirt.timeline import Recorder, VMRecord
 from virtproof.lab.platform import (
+    ApiRequests,
     Capability,
     Endpoint,
     GuestAccess,
@@ -167,6 +170,8 @@ class KubeVirtPlatform:
                 caps.add(Capability.NODE_DRAIN)
         if facts.cdi_version and not check_permissions(kube, namespace, OPTIONAL[Capability.DISK_IMPORT]):
             caps.add(Capability.DISK_IMPORT)
+        if may_get_url(kube, "/metrics"):
+            caps.add(Capability.API_METRICS)
         return frozenset(caps)
 
     def _start_informers(self) -> None:
@@ -390,6 +395,29 @@ class KubeVirtPlatform:
         """``LatencyReporting``: each VM's kube-burner vmiLatency phases (ms), from the cluster's records."""
         with self.recorder.cond:
             return {name: dict(r.latencies_ms()) for name, r in self.recorder.vms.items()}
+
+    def api_requests(self) -> list[ApiRequests]:
+        """``ApiMetrics``: kube-apiserver's ``apiserver_request_total``, summed over codes and
+        scopes, by verb, group and resource (with subresource), as KubeVirt's perfscale audit reads it."""
+        self.kube.conn.limiter.acquire()
+        request = self.conn.api.param_serialize(method="GET", resource_path="/metrics", auth_settings=["BearerToken"])
+        try:
+            response = self.conn.api.call_api(*request)
+            body = response.read()  # type: ignore[no-untyped-call]  # the client is untyped here
+        except ApiException as exc:
+            raise PlatformError(f"reading the API server's metrics: {self._api_error(exc)}") from None
+        if response.status != 200:
+            raise PlatformError(f"reading the API server's metrics: HTTP {response.status}")
+        text = bytes(body or b"").decode("utf-8", "replace")
+        totals: dict[tuple[str, str, str], float] = {}
+        for sample in promtext.samples(text, "apiserver_request_total"):
+            labels = sample.labels
+            resource = labels.get("resource", "")
+            if labels.get("subresource"):
+                resource = f"{resource}/{labels['subresource']}"
+            key = (labels.get("verb", ""), labels.get("group", ""), resource)
+            totals[key] = totals.get(key, 0.0) + sample.value
+        return [ApiRequests(verb, resource, group, count) for (verb, group, resource), count in sorted(totals.items())]
 
     # migration --------------------------------------------------------------------------
     def next_migration_name(self, vm: str) -> str:

@@ -86,6 +86,15 @@ def check_permissions(kube: Kube, namespace: str, perms: Iterable[Permission]) -
     return missing
 
 
+def may_get_url(kube: Kube, path: str) -> bool:
+    """Whether this identity may GET a non-resource URL such as ``/metrics``."""
+    attrs = client.V1NonResourceAttributes(path=path, verb="get")
+    review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(non_resource_attributes=attrs))
+    kube.conn.limiter.acquire()
+    result = kube.auth.create_self_subject_access_review(review)
+    return bool(result.status and result.status.allowed)
+
+
 def require_permissions(kube: Kube, namespace: str, perms: Sequence[Permission]) -> None:
     missing = check_permissions(kube, namespace, perms)
     if missing:
