@@ -190,8 +190,9 @@ def test_the_suites_identity_is_least_privilege(lab: Lab) -> None:
     assert refused.value.status == 403
     message = json.loads(refused.value.body)["message"]
     assert 'User "system:serviceaccount:virtproof:virtproof" cannot delete resource "nodes"' in message
-    with pytest.raises(ApiException):
-        core.list_namespaced_secret("kubevirt")
+    with pytest.raises(ApiException) as crd:
+        client.ApiextensionsV1Api(lab.suite).delete_custom_resource_definition("virtualmachines.kubevirt.io")
+    assert crd.value.status == 403
 
 
 def test_status_names_every_process(lab: Lab) -> None:
@@ -292,6 +293,32 @@ def test_a_sigkilled_owners_lab_is_removed_by_lab_clean(lab: Lab, tmp_path: Path
     assert not any(pid_alive(pid) for pid in left)
     # the module's lab has a live owner (this process): untouched
     assert all(f"{name}: pid " in "\n".join(lab.handle.status()) for name in COMPONENT_NAMES)
+
+
+def test_sigterm_during_lab_up_removes_what_was_made(lab: Lab, tmp_path: Path, virtproof_cmd: list[str]) -> None:
+    path = tmp_path / "term.yaml"
+    path.write_text(yaml.safe_dump({"name": "cp-term", "lab": {"kind": "sim-kubevirt", "paper": True, "nodes": 1},
+                                    "suites": {"boot": {}}}))
+    root = state_root() / "controlplane"
+    before = {p.name for p in root.iterdir()}
+    proc = subprocess.Popen([*virtproof_cmd, "lab", "up", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    made: Path | None = None
+    deadline = time.monotonic() + 300
+    while made is None and time.monotonic() < deadline:  # until its kube-apiserver runs
+        for p in root.iterdir():
+            if p.name.startswith("cp-term") and p.name not in before and (p / "pids" / "kube-apiserver.pid").exists():
+                made = p
+        time.sleep(0.2)
+    assert made is not None, "the lab never got to start kube-apiserver"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "interrupted by signal 15" in err
+    assert not made.exists() and not lab_processes(f"{made}/")
+    status = subprocess.run([*virtproof_cmd, "lab", "status", str(path)], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert "no lab is up for cp-term" in status.stdout
 
 
 def test_down_leaves_no_process_namespace_or_state(lab: Lab) -> None:

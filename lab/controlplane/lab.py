@@ -83,6 +83,14 @@ class SimLabError(RuntimeError):
     """The sim-kubevirt lab could not come up (exit 3); the message says why."""
 
 
+class LabInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during ``up`` (which then tore down what it had made)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 class SimKubeVirtLabHandle:
     kind = "sim-kubevirt"
 
@@ -409,7 +417,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise LabInterrupted(signum)
 
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -8,9 +8,11 @@ left behind (their qemu processes, namespaces, links and files), and only that.
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
-from virtproof.core.errors import EXIT_OK, LabUnavailable, UsageError
+from virtproof.core.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, LabUnavailable, UsageError
 from virtproof.lab.factory import (
     forget_persistent,
     leftovers_cleaners,
@@ -59,6 +61,10 @@ def up(args: argparse.Namespace) -> int:
             platform = handle.up(status_updater(st))
     except RuntimeError as exc:
         raise LabUnavailable(str(exc)) from None
+    except KeyboardInterrupt as exc:  # labs remove what they made when interrupted in up()
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"virtproof: interrupted by signal {signum} while bringing lab {lab_id} up", file=sys.stderr)
+        return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
     platform.close()
     remember_persistent(loaded.scenario, lab_id)
     print("\n".join(handle.status()))
