@@ -26,6 +26,7 @@ from typing import Any
 
 from virtproof.lab.qemu.process import QemuProcess, die_with_parent, kill_all_started
 from virtproof.lab.qemu.qmp import QMPFailure, QMPLoop
+from virtproof.premigrate import cancel
 from virtproof.premigrate import milestones as ms
 from virtproof.premigrate.devicemodel import DeviceModel, device_model, qemu_config
 from virtproof.premigrate.gfs import open_guestfs
@@ -79,8 +80,11 @@ class BootProof:
 
 
 def stop_all() -> int:
-    """Stop every qemu this process started, boot proofs included (signal handlers call this)."""
-    return kill_all_started()
+    """Stop every qemu this process started, boot proofs included, and every qemu-img or
+    virt-v2v still converting (signal handlers call this)."""
+    from virtproof.premigrate.convert import kill_running_tools
+
+    return kill_all_started() + kill_running_tools()
 
 
 def _free_port() -> int:
@@ -201,6 +205,7 @@ def boot_and_follow(
     """Boot ``disk`` (already holding the probe, if any) with the devices of ``vm``, follow the
     console and the screen, stop qemu. The last screen goes to ``evidence_dir/<name>.screen.png``."""
     expected = expected or {}
+    cancel.check()
     model: DeviceModel = device_model(vm)
     port = _free_port()
     directory = _boot_dir(workdir)
@@ -229,6 +234,7 @@ def boot_and_follow(
             qemu.connect(30)
         while True:
             now = time.monotonic() - started
+            cancel.check()  # qemu is stopped in the finally below
             if proc.poll() is not None:
                 failure = failure or f"qemu exited with {proc.returncode}: {qemu.stderr_tail(200)}"
                 break

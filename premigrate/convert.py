@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +39,40 @@ def _convert_argv(src: Path, src_fmt: str, dst: Path, dst_fmt: str) -> list[str]
     return ["qemu-img", "convert", "-U", "-W", "-f", src_fmt, "-O", dst_fmt, str(src), str(dst)]
 
 
+_RUNNING: set[subprocess.Popen[str]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def kill_running_tools() -> int:
+    """SIGKILL every qemu-img / virt-v2v we started that still runs, with its process group
+    (virt-v2v's appliance and qemu-nbd); for signal handlers. Returns how many."""
+    with _RUNNING_LOCK:
+        procs = [p for p in _RUNNING if p.poll() is None]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return len(procs)
+
+
 def _run(argv: list[str], what: str, timeout: float) -> float:
     started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         raise ConversionError(f"{what} did not finish within {timeout:.0f} s") from None
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
+    if proc.returncode < 0:
+        raise ConversionError(f"{what} was killed (signal {-proc.returncode})")
     if proc.returncode != 0:
-        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["(no output)"]
+        lines = (stderr.strip() or stdout.strip()).splitlines() or ["(no output)"]
         errors = [line.strip() for line in lines if "error:" in line] or lines[-1:]
         raise ConversionError(f"{what} failed: {errors[0]}")
     return time.monotonic() - started

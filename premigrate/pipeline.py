@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from virtproof.lab.kubevirt.schema import load_schemas
+from virtproof.premigrate import cancel, vmware
 from virtproof.premigrate import ova as ova_mod
-from virtproof.premigrate import vmware
 from virtproof.premigrate.bootproof import BootProof, boot_and_follow, prepare_overlay
 from virtproof.premigrate.checks import DiskBus, Target, findings_for
 from virtproof.premigrate.convert import (
@@ -35,6 +35,11 @@ from virtproof.premigrate.verdict import Decision, blocked_by_inspection, decide
 from virtproof.scenarios.kubevirt import KUBEVIRT_VERSION
 
 FixMethod = Literal["native", "v2v"]
+
+
+def _stage(progress: Callable[[str], None], message: str) -> None:
+    cancel.check()
+    progress(message)
 
 
 @dataclass(frozen=True)
@@ -294,7 +299,7 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
         extents = image.extents
         report.sha256_before = _source_hash(path, extents)
     report.timings["hash"] = time.monotonic() - started - report.timings.get("ova", 0.0)
-    progress(f"{name}: inspecting")
+    _stage(progress, f"{name}: inspecting")
     inspection = inspect_disk(image)
     report.inspection = inspection
     report.timings["inspect"] = inspection.seconds
@@ -310,7 +315,7 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
     out_dir = options.fix_dir or workdir
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{name}.qcow2"
-    progress(f"{name}: converting")
+    _stage(progress, f"{name}: converting")
     try:
         if options.measure_bare:
             report.bare_convert_s = bare_convert_seconds(disk, image.format, "qcow2", workdir)
@@ -327,7 +332,7 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
     report.output = output if options.fix_dir else None
     codes = {f.code for f in report.findings if f.fixable and f.severity == "critical"}
     if options.fix_dir and codes:
-        progress(f"{name}: fixing ({options.fix_method})")
+        _stage(progress, f"{name}: fixing ({options.fix_method})")
         try:
             if options.fix_method == "v2v":
                 v2v_dir = workdir / "v2v"
@@ -358,7 +363,7 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
         target_dir.mkdir(parents=True, exist_ok=True)
         report.manifest = write_manifests(build_manifests(shape, schemas), target_dir / f"{name}.kubevirt.yaml")
     # --- boot proof -----------------------------------------------------------------
-    progress(f"{name}: booting")
+    _stage(progress, f"{name}: booting")
     overlay = workdir / f"{name}.probe.qcow2"
     t0 = time.monotonic()
     probe = prepare_overlay(

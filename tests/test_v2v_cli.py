@@ -56,3 +56,44 @@ def test_v2v_scenario_errors_name_the_field(tmp_path: Path) -> None:
     )
     with pytest.raises(ScenarioError, match=r"s.yaml:6: suites.v2v.sources\[0\]: give exactly one"):
         load_scenario(path)
+
+
+@pytest.mark.qemu
+def test_sigterm_stops_every_tool_and_says_so(tmp_path: Path) -> None:
+    """SIGTERM in the middle of a source: the boot proof's qemu and any qemu-img / virt-v2v are
+    killed, the run reads as incomplete, one line says so, exit 143, nothing is left running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from virtproof.premigrate.fixtures.catalog import fixture_path
+    from virtproof.reports.results import read_manifest
+
+    source = fixture_path("micro-virtio", "vmdk")
+    exe = [sys.executable, "-m", "virtproof"]
+    proc = subprocess.Popen([*exe, "premigrate", str(source), "--results", str(tmp_path / "r")],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if ": converting" in line or ": booting" in line or not line:
+            break
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rest = proc.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("premigrate did not stop within 120 s of SIGTERM") from None
+    assert proc.returncode == 143, "".join(seen) + rest
+    assert "Traceback" not in rest and "interrupted by SIGTERM" in rest, rest
+    run = next((tmp_path / "r").iterdir())
+    assert read_manifest(run)["status"] == "incomplete"
+    left = subprocess.run(["pgrep", "-af", f"vp-v2v-{run.name}"], capture_output=True, text=True).stdout
+    assert "qemu" not in left and "virt-v2v" not in left, left
+    assert os.path.exists(source)

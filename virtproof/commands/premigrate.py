@@ -23,9 +23,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from virtproof.core.errors import EXIT_FAILED, EXIT_OK, UsageError
+from virtproof.core.errors import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, UsageError
 from virtproof.lab.kubevirt.schema import bundled_releases
 from virtproof.premigrate.bootproof import stop_all
+from virtproof.premigrate.cancel import CANCEL
 from virtproof.premigrate.gfs import guestfs_environment
 from virtproof.premigrate.host import check_host
 from virtproof.premigrate.imagefile import BadSource
@@ -168,12 +169,18 @@ def run(args: argparse.Namespace) -> int:
             write_verdict(report, options.fix_dir)
         return report
 
+    signals: list[int] = []
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        signals.append(signum)
+        CANCEL.set()
         stop_all()
         raise KeyboardInterrupt(f"signal {signum}")
 
+    CANCEL.clear()
     previous = signal.signal(signal.SIGTERM, on_signal)
     status = "failed"
+    interrupted = False
     try:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="premigrate") as pool:
             futures = [pool.submit(one, i, s) for i, s in enumerate(args.sources)]
@@ -183,14 +190,19 @@ def run(args: argparse.Namespace) -> int:
     except BadSource as exc:
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
+        CANCEL.set()
         stop_all()
         status = "incomplete"
-        raise
+        interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
         stop_all()
         shutil.rmtree(scratch, ignore_errors=True)
         run_dir.finish(status)  # type: ignore[arg-type]
+    if interrupted:
+        name = "SIGTERM" if signal.SIGTERM in signals else "SIGINT"
+        print(f"premigrate: interrupted by {name}; nothing left running; run: {run_dir.path}", file=sys.stderr)
+        return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
     if args.json:
         print(json.dumps({"run": str(run_dir.path), "sources": [r.to_dict() for r in reports]}, indent=2, default=str))
     else:
