@@ -154,6 +154,125 @@ def migration(df: pd.DataFrame) -> Chart | None:
     return _png(fig, "migration", "Migration", "Migration total time and downtime, platform vs guest")
 
 
+MODE_STYLE = {"precopy": ("C0", "o"), "auto_converge": ("C1", "s"), "postcopy": ("C2", "^")}
+
+
+def _by_rate(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric's samples as (mode, rate, value) rows, ``rate`` from the ``dirty_mibps`` label."""
+    rows = df[df["metric"] == metric]
+    mode_col, rate_col = f"{LABEL_PREFIX}mode", f"{LABEL_PREFIX}dirty_mibps"
+    if rows.empty or mode_col not in rows.columns or rate_col not in rows.columns:
+        return pd.DataFrame(columns=["mode", "rate", "value"])
+    frame = pd.DataFrame({
+        "mode": rows[mode_col].astype("object").to_numpy(),
+        "rate": pd.to_numeric(rows[rate_col].astype("object"), errors="coerce").to_numpy(),
+        "value": rows["value"].to_numpy(dtype=np.float64),
+    })  # fmt: skip
+    return frame.dropna(subset=["rate"])
+
+
+def _first_label(df: pd.DataFrame, metric: str, key: str) -> str | None:
+    rows = df[df["metric"] == metric]
+    column = f"{LABEL_PREFIX}{key}"
+    if rows.empty or column not in rows.columns:
+        return None
+    values = rows[column].dropna()
+    return str(values.iloc[0]) if len(values) else None
+
+
+def convergence(df: pd.DataFrame) -> Chart | None:
+    """The convergence map: per mode and dirty rate, converged or not, total time, downtime and
+    data sent, with the predicted and the measured pre-copy boundary (``convergence.*`` samples)."""
+    converged = _by_rate(df, "convergence.converged")
+    if converged.empty:
+        return None
+    modes = [m for m in MODE_STYLE if m in set(converged["mode"])] + sorted(set(converged["mode"]) - set(MODE_STYLE))
+    bandwidth = _first_label(df, "convergence.converged", "bandwidth_mibps")
+    downtime = _first_label(df, "convergence.converged", "downtime_limit_ms")
+    predicted = select(df, "convergence.predicted_boundary_mibps")
+    available = select(df, "convergence.available_bandwidth_mibps")
+    fig = Figure(figsize=(10, 7.2))
+    (ax_map, ax_total), (ax_down, ax_sent) = fig.subplots(2, 2)
+
+    def boundaries(ax: Axes, legend: bool) -> None:
+        if bandwidth is not None:
+            ax.axvline(float(bandwidth), color="grey", linestyle=":", linewidth=1.5,
+                       label=f"bandwidth cap {bandwidth} MiB/s" if legend else None)
+        if available.size and bandwidth is not None and float(available[0]) < float(bandwidth) * 0.98:
+            ax.axvline(float(available[0]), color="grey", linestyle="--", linewidth=1,
+                       label=f"bandwidth available {available[0]:.1f} MiB/s" if legend else None)
+        if predicted.size:
+            ax.axvline(float(predicted[0]), color="C3", linestyle="--", linewidth=2,
+                       label=f"predicted pre-copy boundary {predicted[0]:.1f} MiB/s" if legend else None)
+        measured = df[(df["metric"] == "convergence.measured_boundary_mibps")]
+        mode_col = f"{LABEL_PREFIX}mode"
+        if not measured.empty and mode_col in measured.columns:
+            pre = measured[measured[mode_col].astype("object") == "precopy"]
+            if not pre.empty:
+                row = pre.iloc[0]
+                failed = float(row["value"])
+                last = str(row.get(f"{LABEL_PREFIX}last_converged", "none"))
+                bound = str(row.get(f"{LABEL_PREFIX}bound", ""))
+                if bound == "at_or_below":
+                    low = float(last) if last not in ("none", "nan") else 0.0
+                    ax.axvspan(low, failed, color="C3", alpha=0.15,
+                               label=f"measured pre-copy boundary: {low:g}-{failed:g} MiB/s" if legend else None)
+
+    # (a) the map itself: one row per mode, a mark per rate
+    for row, mode in enumerate(modes):
+        points = converged[converged["mode"] == mode]
+        ok, bad = points[points["value"] >= 0.5], points[points["value"] < 0.5]
+        ax_map.scatter(ok["rate"], [row] * len(ok), marker="o", s=90, color="C2", zorder=3,
+                       label="converged" if row == 0 else None)
+        ax_map.scatter(bad["rate"], [row] * len(bad), marker="X", s=110, color="C3", zorder=3,
+                       label="did not converge (cancelled at the timeout)" if row == 0 else None)
+    ax_map.legend(fontsize=7, loc="upper left", ncol=2)
+    boundaries(ax_map, legend=False)
+    ax_map.set_yticks(range(len(modes)), modes)
+    ax_map.set_ylim(-0.6, len(modes) + 0.2)  # room above the rows for the legend
+    ax_map.set_xlabel("guest dirty rate asked for (MiB/s)")
+    title = "Convergence map"
+    if bandwidth is not None:
+        title += f" (cap {bandwidth} MiB/s" + (f", downtime limit {downtime} ms)" if downtime else ")")
+    ax_map.set_title(title, fontsize=10)
+    ax_map.grid(alpha=0.3, axis="x")
+
+    def per_mode(ax: Axes, metric: str, ylabel: str, linestyle: str = "-", suffix: str = "") -> None:
+        frame = _by_rate(df, metric)
+        for mode in modes:
+            color, marker = MODE_STYLE.get(mode, ("C4", "o"))
+            series = frame[frame["mode"] == mode].groupby("rate")["value"].median()
+            if not series.empty:
+                ax.plot(series.index, series.to_numpy(), marker=marker, linestyle=linestyle, color=color,
+                        label=f"{mode}{suffix}")
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("guest dirty rate asked for (MiB/s)")
+        ax.grid(alpha=0.3)
+
+    per_mode(ax_total, "convergence.total_s", "seconds")
+    model = _by_rate(df, "convergence.predicted_total_s")
+    if not model.empty:
+        series = model.groupby("rate")["value"].median()
+        ax_total.plot(series.index, series.to_numpy(), color="C3", linestyle="--", label="pre-copy, predicted")
+    boundaries(ax_total, legend=True)
+    ax_total.set_title("Total time (a cancelled move: until the timeout)", fontsize=10)
+    ax_total.legend(fontsize=6.5)
+    per_mode(ax_down, "convergence.downtime_ms", "milliseconds", suffix=" (platform)")
+    per_mode(ax_down, "convergence.guest_downtime_ms", "milliseconds", linestyle=":", suffix=" (guest-observed)")
+    if not _by_rate(df, "convergence.downtime_ms").empty or not _by_rate(df, "convergence.guest_downtime_ms").empty:
+        ax_down.set_yscale("log")
+    boundaries(ax_down, legend=False)
+    ax_down.set_title("Downtime: platform-reported and guest-observed", fontsize=10)
+    ax_down.legend(fontsize=6.5)
+    per_mode(ax_sent, "convergence.transferred_mib", "MiB")
+    boundaries(ax_sent, legend=False)
+    ax_sent.set_title("Data sent", fontsize=10)
+    ax_sent.legend(fontsize=7)
+    return _png(fig, "convergence", "Convergence map",
+                "Per migration mode and guest dirty rate: converged or not, total time, downtime and data sent, "
+                "with the predicted and measured pre-copy boundary")
+
+
 def _by_running(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     rows = df[df["metric"] == metric]
     for key in ("vms_running", "step"):
@@ -229,7 +348,7 @@ def v2v(df: pd.DataFrame) -> list[Chart]:
 
 
 def run_charts(df: pd.DataFrame) -> list[Chart]:
-    charts = [boot_cdf(df), boot_phases(df), migration(df), density(df)]
+    charts = [boot_cdf(df), boot_phases(df), migration(df), convergence(df), density(df)]
     out = [c for c in charts if c is not None]
     out.extend(v2v(df))
     return out

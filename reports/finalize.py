@@ -22,7 +22,7 @@ from virtproof.reports.frame import RunInfo, read_run
 from virtproof.reports.gates import GateResult, evaluate_regression, evaluate_slos
 from virtproof.reports.junit import write_junit
 from virtproof.reports.parity import parity_matrix
-from virtproof.reports.render import render_run
+from virtproof.reports.render import integrity_rows, render_run
 from virtproof.reports.results import NotARunDirectory
 from virtproof.reports.stats import compute_stats, worst_samples
 from virtproof.reports.summary import render_summary
@@ -120,7 +120,8 @@ def finalize_run(
     summary = render_summary(run, matrix.platform, stats, gates, matrix, notes)
     summary_path.write_text(summary, encoding="utf-8")
     files.append(summary_path)
-    html = render_run(run, stats, gates, chart_mod.run_charts(frame), matrix, notes, worst_samples(frame))
+    html = render_run(run, stats, gates, chart_mod.run_charts(frame), matrix, notes, worst_samples(frame),
+                      integrity_rows(frame))
     report_path = run_dir / "report.html"
     report_path.write_text(html, encoding="utf-8")
     files.append(report_path)

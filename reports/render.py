@@ -19,7 +19,7 @@ import jinja2
 import pandas as pd
 
 from virtproof.reports.charts import Chart
-from virtproof.reports.frame import RunInfo
+from virtproof.reports.frame import LABEL_PREFIX, RunInfo
 from virtproof.reports.gates import GateResult
 from virtproof.reports.parity import ParityMatrix
 
@@ -105,6 +105,32 @@ def manifest_parts(manifest: Mapping[str, Any]) -> tuple[dict[str, Any], list[tu
     return summary, sections
 
 
+INTEGRITY_COLUMNS = ("vm", "source", "target", "leg", "mode", "dirty_mibps", "cause")
+
+
+def integrity_rows(frame: pd.DataFrame) -> dict[str, Any]:
+    """The guest-integrity section: every move that found corrupted pages or kernel trouble (with
+    the first bad addresses and the cause), and how many verified moves found nothing."""
+    found: list[dict[str, Any]] = []
+    verified = frame[frame["metric"] == "migration.corrupted_pages"]
+    for metric, what, detail in (("migration.corrupted_pages", "corrupted pages", "first_bad"),
+                                 ("migration.guest_kernel_errors", "kernel trouble", "first")):  # fmt: skip
+        rows = frame[(frame["metric"] == metric) & (frame["value"] > 0)]
+        for record in rows.to_dict("records"):
+            labels = {c: record.get(f"{LABEL_PREFIX}{c}") for c in (*INTEGRITY_COLUMNS, detail)}
+            labels = {k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+                      for k, v in labels.items()}  # fmt: skip
+            found.append({"what": what, "count": record["value"], "detail": labels.pop(detail), **labels})
+    per_gib = frame.loc[frame["metric"] == "migration.verify_s_per_gib", "value"]
+    return {
+        "found": found,
+        "verified": len(verified),
+        "clean": int((verified["value"] == 0).sum()),
+        "verify_s_per_gib_p50": float(per_gib.median()) if len(per_gib) else None,
+        "verify_s_per_gib_max": float(per_gib.max()) if len(per_gib) else None,
+    }
+
+
 def render_run(
     run: RunInfo,
     stats: pd.DataFrame,
@@ -113,6 +139,7 @@ def render_run(
     matrix: ParityMatrix,
     notes: Sequence[str],
     worst: pd.DataFrame | None = None,
+    integrity: Mapping[str, Any] | None = None,
 ) -> str:
     summary, sections = manifest_parts(run.manifest)
     stat_rows = stats.to_dict("records")
@@ -132,6 +159,7 @@ def render_run(
         key_numbers=key_numbers(stats),
         notes=notes,
         worst=[] if worst is None else worst.to_dict("records"),
+        integrity=integrity or {"found": [], "verified": 0},
         manifest_summary=summary,
         manifest_sections=sections,
         **_common(),

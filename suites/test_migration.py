@@ -6,7 +6,14 @@ moves them by the scenario's ``pattern`` ``round_trips`` times. Per move:
 ``migration.guest_downtime_ms`` (the prober's), ``migration.transferred_mib``,
 ``migration.setup_s``, and under HTTP load ``migration.http_failures`` and
 ``migration.http_p99_ms``; labels vm, source, target, pattern, policy, workload, mode. After
-each move the guest must be the same guest, still working.
+each move the guest must be the same guest, still working and intact: with a memcheck workload
+``migration.corrupted_pages`` (0, or the bad pages with their first addresses and a ``cause``
+label) and ``migration.verify_s_per_gib``; ``migration.guest_kernel_errors`` when its kernel
+logged an oops, panic, stall or lockup; a move around which every HTTP request failed fails.
+A drain records ``migration.drain_most_at_once`` (moves in flight together).
+
+With ``sweep``, ``test_convergence_map`` moves one guest once per (mode, dirty rate) and records
+the ``convergence.*`` samples the report draws as the convergence map (suites/engines/convergence.py).
 
 Fault tests (``faults: true``; need the platform's ``FaultInjection``): the nodes' link goes
 down mid-move, the destination is killed, the source is killed.
@@ -39,12 +46,17 @@ from virtproof.lab.platform import (
 )
 from virtproof.scenarios.migration import MigrationSuite
 from virtproof.scenarios.model import Scenario
+from virtproof.suites.engines.convergence import run_sweep
+from virtproof.suites.engines.integrity import defect_cause
 from virtproof.suites.engines.migration import (
     SETTLE_S,
     GuestTrouble,
     GuestUnderTest,
+    MoveContext,
     check_same_guest,
     evacuate,
+    inject_corruption,
+    most_at_once,
     plan,
     record_move,
     run_wave,
@@ -129,11 +141,14 @@ def test_migration_round_trips(
     migratable: MigratablePlatform, suite: MigrationSuite, vm_factory: VMFactory, guest_access: GuestAccess,
     record: Recorder, out_dir: Path,
 ) -> None:  # fmt: skip
+    if suite.round_trips == 0:
+        pytest.skip("round_trips: 0 in the scenario")
     nodes = list(migratable.nodes())
     home = nodes[0]
     policy = suite.policy.policy()
     label = policy_label(policy)
     drainable = feature(migratable, Drainable, Capability.NODE_DRAIN) if suite.pattern == "evacuate" else None
+    context = MoveContext(defect_cause(migratable.facts()))
     guests = _start_all(vm_factory, guest_access, suite, nodes, out_dir)
     problems: list[str] = []
     try:
@@ -144,6 +159,8 @@ def test_migration_round_trips(
                     assert drainable is not None
                     done = evacuate(drainable, kind.split(":", 1)[1], guests, policy.timeout_s * len(guests))
                     wave_label = "drain"
+                    record("migration.drain_most_at_once", most_at_once([r for _, r in done]), "moves",
+                           node=kind.split(":", 1)[1], moves=str(len(done)), leg=str(leg))  # fmt: skip
                 else:
                     moves = [m for m in moves if m.target != m.guest.vm.node]
                     done = run_wave(migratable, moves, policy, parallel)
@@ -151,8 +168,12 @@ def test_migration_round_trips(
                 time.sleep(SETTLE_S)
             finally:
                 stop_probers(guests)
+            inject = suite.inject_corruption
+            if inject is not None and inject.leg == leg:  # the detector's self-test, behind the workload's back
+                inject_corruption(guests[0], guest_access, inject)
+                context.injected.add(guests[0].vm.name)
             for move, result in done:
-                problems += record_move(record, guest_access, suite, move.guest, result, wave_label, leg)
+                problems += record_move(record, guest_access, suite, move.guest, result, wave_label, leg, context)
             if problems:
                 break
     finally:
@@ -270,3 +291,28 @@ def test_fault_source_killed(
     assert not leftovers, f"processes of the failed move were left running: {leftovers}"
     assert not guest.vm.alive(), "the guest's source process should be gone"
     vm_factory.delete(guest.vm)  # cleanup of a lost guest must work too
+
+
+# --- the convergence map ---------------------------------------------------------------------
+
+
+def test_convergence_map(
+    migratable: MigratablePlatform, suite: MigrationSuite, vm_factory: VMFactory, guest_access: GuestAccess,
+    record: Recorder, out_dir: Path,
+) -> None:  # fmt: skip
+    """One guest moved once per (mode, dirty rate) of ``sweep``: the convergence map's samples."""
+    if suite.sweep is None:
+        pytest.skip("no sweep in the scenario")
+    for mode in suite.sweep.modes:
+        needed = {"postcopy": Capability.POST_COPY, "auto_converge": Capability.AUTO_CONVERGE}.get(mode)
+        if needed is not None and needed not in migratable.capabilities:
+            pytest.skip(f"platform {migratable.name} lacks {needed.value} (sweep mode {mode})")
+    nodes = list(migratable.nodes())
+    guest = start_guest(vm_factory, guest_access, suite, nodes[0], out_dir)
+    try:
+        points, problems = run_sweep(migratable, suite, guest, guest_access, record, out_dir,
+                                     defect_cause(migratable.facts()))  # fmt: skip
+    finally:
+        stop_guest(guest)
+    assert not problems, "; ".join(problems)
+    assert points, "the sweep moved nothing"

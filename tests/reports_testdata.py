@@ -25,6 +25,7 @@ def make_run(
     extra_metrics: bool = True,
     outcomes: bool = True,
     n_boot: int = 30,
+    convergence: bool = False,
 ) -> RunDirectory:
     """A run directory with samples of every chart's metrics, written through SampleSink."""
     run = RunDirectory.create(root, run_id, {
@@ -57,6 +58,8 @@ def make_run(
         sink.record("density.capacity_vms", 8, "vms")
         sink.record("v2v.convert_throughput_mibps", 80.0, "MiB/s", disk="win-vmdk", verdict="ready")
         sink.record("v2v.convert_throughput_mibps", 40.0, "MiB/s", disk="linux-vhdx", verdict="blocked")
+    if convergence:
+        add_convergence(sink, vm_name)
     if outcomes:
         lines = [
             {"nodeid": "suites/boot/test_boot.py::test_boot", "suite": "boot", "outcome": "passed",
@@ -75,3 +78,32 @@ def make_run(
 def finished(run: RunDirectory, status: str = "passed") -> RunDirectory:
     run.finish(status)  # type: ignore[arg-type]
     return run
+
+
+def add_convergence(sink: SampleSink, vm_name: str = "vm") -> None:
+    """A convergence sweep's samples (32 MiB/s cap, pre-copy stops converging past 27 MiB/s) and a
+    move whose integrity check found corrupted pages."""
+    base = {"vm": f"{vm_name}-sweep", "bandwidth_mibps": "32", "downtime_limit_ms": "300"}
+    for mode in ("precopy", "auto_converge", "postcopy"):
+        for rate in (0.0, 9.14, 18.29, 27.43, 36.57, 45.71, 54.86, 64.0):
+            labels = {**base, "mode": mode, "dirty_mibps": f"{rate:g}"}
+            ok = mode != "precopy" or rate < 30
+            sink.record("convergence.converged", 1.0 if ok else 0.0, "bool", **labels)
+            sink.record("convergence.total_s", (4 + rate / 8) if ok else 60.0, "s", **labels)
+            sink.record("convergence.transferred_mib", 120 + rate * (3 if ok else 20), "MiB", **labels)
+            if ok:
+                sink.record("convergence.downtime_ms", 20 + rate, "ms", **labels)
+                sink.record("convergence.guest_downtime_ms", 200 + rate * 5, "ms", path="direct", **labels)
+            if mode == "precopy":
+                sink.record("convergence.predicted_total_s", 3.75 / max(1 - rate / 31, 0.06), "s", **labels)
+    common = {"bandwidth_mibps": "32", "available_mibps": "31.0", "downtime_limit_ms": "300"}
+    sink.record("convergence.predicted_boundary_mibps", 29.6, "MiB/s", **common)
+    sink.record("convergence.available_bandwidth_mibps", 31.0, "MiB/s", **common)
+    sink.record("convergence.measured_boundary_mibps", 36.57, "MiB/s", mode="precopy", bound="at_or_below",
+                last_converged="27.43", **common)  # fmt: skip
+    move = {"vm": vm_name, "source": "node0", "target": "node1", "leg": "1", "mode": "precopy"}
+    sink.record("migration.corrupted_pages", 0, "pages", cause="none", **{**move, "leg": "0"})
+    sink.record("migration.corrupted_pages", 3, "pages", cause="qemu-tcg-dirty-bitmap",
+                first_bad=f"page 7 at region offset 0x7008 (guest-physical 0x1f3a7008): holds generation 4, "
+                          f"expected 5 (a stale copy: a lost write) {XSS}", **move)  # fmt: skip
+    sink.record("migration.verify_s_per_gib", 0.8, "s/GiB", mib="64", **move)

@@ -214,3 +214,16 @@ def test_comparison_in_chromium(tmp_path: Path, browser: Page) -> None:
     probe = _open(browser, html, "comparison.png")
     _check_page(browser, probe, {"chart-ratio_to_best", "chart-cdf_boot.time_to_ssh_s"})
     assert "run-a" in probe["text"] and "kubevirt" in probe["text"]
+
+
+def test_convergence_map_and_integrity_in_chromium(tmp_path: Path, browser: Page) -> None:
+    """A sweep's samples become the convergence chart (predicted and measured boundary), and a move
+    that found corrupted pages is listed with its first bad addresses and cause, as text."""
+    run = finished(make_run(tmp_path, "20250101-000000-c0de", extra_metrics=False, convergence=True), "failed")
+    finalize_run(run.path, [SLO(metric="migration.corrupted_pages", stat="max", max=0.0)])
+    probe = _open(browser, run.path / "report.html", "report-convergence.png")
+    _check_page(browser, probe, {"chart-convergence"})
+    text = probe["text"]
+    assert "Guest integrity after migration" in text and "qemu-tcg-dirty-bitmap" in text
+    assert "guest-physical 0x1f3a7008" in text and f"lost write) {XSS}" in text  # shown as text, not run
+    assert "2 move(s) verified" in text and "1 clean" in text

@@ -24,8 +24,10 @@
  * should hold, so a later check does not find the same damage again.
  *
  * Commands:
- *   vp-memcheck run [-m MIB] [-r MIBPS] [-H HOT] [-f FILE] [-p PIDFILE] [-o REPORT] [-F]
+ *   vp-memcheck run [-m MIB] [-r MIBPS|idle] [-H HOT] [-f FILE] [-p PIDFILE] [-o REPORT] [-F]
  *       the workload (daemonizes once the region is filled and the pid file written, unless -F).
+ *       -r 0 rewrites flat out; -r idle fills the region once and never rewrites it (a guest that
+ *       dirties nothing, still verifiable).
  *       SIGUSR1: verify every page now and write the report (JSON, one object) to REPORT
  *       atomically; SIGTERM/SIGINT: stop, remove FILE and PIDFILE.
  *   vp-memcheck verify [-p PIDFILE] [-o REPORT] [-t TIMEOUT_S]
@@ -163,6 +165,7 @@ struct state {
 	uint64_t pages, seed, pass, cursor;
 	uint64_t hot, hot_pass; /* pages [0, hot) are all rewritten every chunk, at generation hot_pass */
 	double rate_mibps;
+	int idle; /* fill once, never rewrite */
 	const char *file, *report, *pidfile;
 	/* findings */
 	uint64_t sweep_bad_total, sweep_bad_since, bad_total, verify_count, pages_written;
@@ -232,10 +235,11 @@ static int write_report(struct state *s, uint64_t bad, double ms)
 	fprintf(f, "{\"seq\": %" PRIu64 ", \"time\": %.3f, \"mib\": %" PRIu64 ", \"pages\": %" PRIu64
 		   ", \"bad_pages\": %" PRIu64 ", \"sweep_bad_pages\": %" PRIu64 ", \"bad_pages_total\": %" PRIu64
 		   ", \"verify_ms\": %.1f, \"s_per_gib\": %.3f, \"pass\": %" PRIu64 ", \"cursor\": %" PRIu64
-		   ", \"pages_written\": %" PRIu64 ", \"rate_mibps\": %g, \"hot_pages\": %" PRIu64
+		   ", \"pages_written\": %" PRIu64 ", \"rate_mibps\": %g, \"idle\": %s, \"hot_pages\": %" PRIu64
 		   ", \"uptime_s\": %.1f, \"bad\": [",
 		s->verify_count, wall_s(), s->pages * PAGE >> 20, s->pages, bad, s->sweep_bad_since, s->bad_total, ms,
-		ms / 1000.0 / gib, s->pass, s->cursor, s->pages_written, s->rate_mibps, s->hot, now_s() - s->started);
+		ms / 1000.0 / gib, s->pass, s->cursor, s->pages_written, s->rate_mibps, s->idle ? "true" : "false", s->hot,
+		now_s() - s->started);
 	for (unsigned i = 0; i < s->nlisted; i++)
 		write_bad(f, &s->listed[i], i == 0);
 	fprintf(f, "], \"sweep_bad\": [");
@@ -334,6 +338,10 @@ static int run_loop(struct state *s)
 			want_verify = 0;
 			verify_all(s);
 		}
+		if (s->idle) { /* a signal (verify, stop) cuts the nap short; at worst it is seen 50 ms late */
+			sleep_until(now_s() + 0.05);
+			continue;
+		}
 		if (s->hot)
 			rewrite_hot(s);
 		for (unsigned k = 0; k < CHUNK_PAGES && s->hot < s->pages; k++) {
@@ -388,7 +396,7 @@ static uint64_t *map_file(const char *path, uint64_t bytes, int create)
 
 static int usage(void)
 {
-	fputs("usage: vp-memcheck run [-m MIB] [-r MIBPS] [-H HOTPAGES] [-f FILE] [-p PIDFILE] [-o REPORT] [-F]\n"
+	fputs("usage: vp-memcheck run [-m MIB] [-r MIBPS|idle] [-H HOTPAGES] [-f FILE] [-p PIDFILE] [-o REPORT] [-F]\n"
 	      "       vp-memcheck verify [-p PIDFILE] [-o REPORT] [-t TIMEOUT_S]\n"
 	      "       vp-memcheck stop [-p PIDFILE] [-t TIMEOUT_S]\n"
 	      "       vp-memcheck corrupt [-f FILE] -P PAGE [-x flip|zero|stale|swap]\n"
@@ -401,13 +409,16 @@ static int cmd_run(int argc, char **argv)
 {
 	uint64_t mib = 64;
 	double rate = 0;
-	int fg = 0, c;
+	int fg = 0, idle = 0, c;
 	uint64_t hot = 16;
 	while ((c = getopt(argc, argv, "m:r:f:p:o:FH:")) != -1) {
 		switch (c) {
 		case 'H': hot = strtoull(optarg, NULL, 10); break;
 		case 'm': mib = strtoull(optarg, NULL, 10); break;
-		case 'r': rate = strtod(optarg, NULL); break;
+		case 'r':
+			if (!strcmp(optarg, "idle")) idle = 1;
+			else rate = strtod(optarg, NULL);
+			break;
 		case 'f': opt_file = optarg; break;
 		case 'p': opt_pid = optarg; break;
 		case 'o': opt_report = optarg; break;
@@ -418,6 +429,7 @@ static int cmd_run(int argc, char **argv)
 	if (!mib || rate < 0)
 		return usage();
 	struct state s = {0};
+	s.idle = idle;
 	s.pages = mib * (1 << 20) / PAGE;
 	s.hot = hot < s.pages ? hot : s.pages;
 	s.rate_mibps = rate;
@@ -449,8 +461,8 @@ static int cmd_run(int argc, char **argv)
 	}
 	install_handlers();
 	int locked = mlock(s.mem, s.pages * PAGE) == 0; /* after fork: locks are not inherited */
-	fprintf(stderr, "vp-memcheck: %" PRIu64 " MiB at %s, rate %g MiB/s, %" PRIu64 " hot pages, mlock %s\n", mib,
-		opt_file, rate, s.hot, locked ? "ok" : "failed");
+	fprintf(stderr, "vp-memcheck: %" PRIu64 " MiB at %s, rate %g MiB/s%s, %" PRIu64 " hot pages, mlock %s\n", mib,
+		opt_file, rate, idle ? " (idle: no rewriting)" : "", s.hot, locked ? "ok" : "failed");
 	unlink(opt_report);
 	initial_fill(&s);
 	FILE *pf = fopen(opt_pid, "w");
