@@ -51,6 +51,7 @@ BENCHMARKS = {
     "v2v": "premigrate per source: inspect, convert (vs bare qemu-img) and boot-proof seconds.",
     "kubevirt": "Fake API server: per-event cost, event-to-record delay, create rate under qps/burst.",
     "report": "10 runs, 1,000,000 samples, rendered as one comparison.",
+    "controlplane": "sim-kubevirt lab up cold and warm (build cached); etcd and apiserver RSS idle and with N VMs.",
 }
 
 
