@@ -255,7 +255,7 @@ def test_running_status_as_update_vmi_status_writes_it() -> None:
 
 
 def migrating_vmi() -> Obj:
-    obj = running_status(vmi(), DomainFacts("pc-q35-7.2", "198.18.2.10", None), T0)
+    obj: Obj = running_status(vmi(), DomainFacts("pc-q35-7.2", "198.18.2.10", None), T0)
     obj["metadata"]["labels"][MIGRATION_TARGET_LABEL] = "node1"
     obj["metadata"]["annotations"][CREATE_MIGRATION_TARGET] = "true"
     obj["status"]["evacuationNodeName"] = "node0"
@@ -389,7 +389,8 @@ def test_store_keeps_the_newest_version() -> None:
     store = Store()
     store.put({"metadata": {"name": "x", "namespace": "d", "resourceVersion": "10"}})
     _, stored = store.put({"metadata": {"name": "x", "namespace": "d", "resourceVersion": "9"}})
-    assert not stored and store.get("d/x")["metadata"]["resourceVersion"] == "10"  # type: ignore[index]
+    kept = store.get("d/x")
+    assert not stored and kept is not None and kept["metadata"]["resourceVersion"] == "10"
 
 
 def test_guest_names_are_unique_per_vmi_and_short() -> None:

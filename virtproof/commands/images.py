@@ -1,4 +1,4 @@
-"""``virtproof images build|list``: guest images built locally from distribution packages, and the
+"""``virtproof images build|export|list``: guest images built locally from distribution packages, and the
 control plane of the sim-kubevirt lab (``images build control-plane``), built from the Go module proxy."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from rich.text import Text
 
@@ -26,6 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         b.add_argument(f"--{component}-version", metavar="VERSION",
                        help=f"{CONTROL_PLANE} only: the {component} version (default: the pinned one)")
     b.set_defaults(func=build)
+    e = isub.add_parser("export", help="export an image for a platform: micro as a KubeVirt containerDisk")
+    e.add_argument("name", choices=["micro"], help="the image (micro)")
+    e.add_argument("--containerdisk", metavar="OUT.tar", type=Path, required=True,
+                   help="write an OCI image archive (push: skopeo copy oci-archive:OUT.tar docker://REF)")
+    e.add_argument("--tag", default="virtproof/micro:latest", help="the archive's image reference")
+    e.set_defaults(func=export)
     ls = isub.add_parser("list", help="list built images")
     ls.set_defaults(func=list_images)
 
@@ -78,6 +85,24 @@ def build_control_plane(args: argparse.Namespace) -> int:
     made = result.build
     how = "cached" if result.cached else f"built in {_duration(result.seconds)}"
     print(f"{CONTROL_PLANE} {made.versions.slug} {made.key[:16]} {made.directory} ({how})")
+    return EXIT_OK
+
+
+def export(args: argparse.Namespace) -> int:
+    """The micro guest as a containerDisk archive, its keys beside it, and the scenario entry."""
+    from virtproof.micro_export import export_micro_containerdisk
+
+    out: Path = args.containerdisk
+    console = stderr_console()
+    with console.status(Text(f"exporting {args.name} as a containerDisk")):
+        made = export_micro_containerdisk(out, args.tag)
+    size = made.archive.path.stat().st_size / 2**20
+    print(f"{made.archive.path} ({size:.1f} MiB, {made.archive.tag}, manifest {made.archive.manifest_digest})")
+    print(f"push it:  skopeo copy oci-archive:{made.archive.path} docker://REGISTRY/virtproof/micro:latest")
+    print("then in the scenario's lab (kind existing, kind or kubeadm):")
+    print(f"  images:\n    micro:\n      container_disk: REGISTRY/virtproof/micro:latest\n"
+          f"      cloud_init: false\n      user: root\n      private_key: {made.private_key.resolve()}\n"
+          f"      host_key: '{made.host_key}'")
     return EXIT_OK
 
 
