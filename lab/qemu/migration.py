@@ -368,6 +368,7 @@ class Migrator:
         return info
 
     def _cancel(self, source: QemuProcess, info: Mapping[str, Any], reason: str) -> _Outcome:
+        last = info
         try:
             source.qmp.execute("migrate_cancel", timeout=5)
         except QMPFailure as exc:
@@ -384,6 +385,8 @@ class Migrator:
         status = info.get("status")
         if status == "completed":  # it finished just before the cancel landed: not an error
             return _Outcome(info, None, True)
+        if "ram" not in info and last.get("ram"):  # qemu reports no ram stats once cancelled: keep the last
+            info = {**info, "ram": last["ram"]}
         return _Outcome(info, f"{reason}; cancelled (status {status})", True)
 
     def _wait_destination_running(self, destination: QemuProcess, deadline: float) -> float | None:
