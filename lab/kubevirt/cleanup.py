@@ -41,10 +41,14 @@ class Leftover:
     namespace: str
     name: str
     run_id: str
+    # Being deleted already (metadata.deletionTimestamp): a VM, VMI or Namespace stays until its
+    # finalizers are done (virt-controller's kubevirt.io/virtualMachineControllerFinalize, the
+    # namespace controller's kubernetes finalizer), which the real server shows for seconds.
+    terminating: bool = False
 
     def __str__(self) -> str:
         where = f"{self.namespace}/" if self.namespace else ""
-        return f"{self.kind} {where}{self.name} (run {self.run_id})"
+        return f"{self.kind} {where}{self.name} (run {self.run_id})" + (" (being deleted)" if self.terminating else "")
 
 
 def _selector(run_id: str | None) -> str:
@@ -72,11 +76,12 @@ def leftovers(kube: Kube, run_id: str | None = None, namespace: str | None = Non
         for item in _allowed(objects(res, namespace)):
             meta = item.get("metadata") or {}
             found.append(Leftover(res.kind, str(meta.get("namespace") or ""), str(meta.get("name")),
-                                  str((meta.get("labels") or {}).get(RUN_LABEL, ""))))
+                                  str((meta.get("labels") or {}).get(RUN_LABEL, "")),
+                                  bool(meta.get("deletionTimestamp"))))
     for item in _allowed(objects(MIGRATION_POLICY, None)):
         meta = item.get("metadata") or {}
         found.append(Leftover(MIGRATION_POLICY.kind, "", str(meta.get("name")),
-                              str((meta.get("labels") or {}).get(RUN_LABEL, ""))))
+                              str((meta.get("labels") or {}).get(RUN_LABEL, "")), bool(meta.get("deletionTimestamp"))))
 
     def services() -> list[Any]:
         kube.conn.limiter.acquire()
@@ -99,19 +104,23 @@ def leftovers(kube: Kube, run_id: str | None = None, namespace: str | None = Non
             meta = obj.metadata
             if meta is not None:
                 found.append(Leftover(kind, str(meta.namespace), str(meta.name),
-                                      str((meta.labels or {}).get(RUN_LABEL, ""))))
+                                      str((meta.labels or {}).get(RUN_LABEL, "")), meta.deletion_timestamp is not None))
     for ns in _allowed(namespaces):
         meta = ns.metadata
         if meta is not None:
-            found.append(Leftover("Namespace", "", str(meta.name), str((meta.labels or {}).get(RUN_LABEL, ""))))
+            found.append(Leftover("Namespace", "", str(meta.name), str((meta.labels or {}).get(RUN_LABEL, "")),
+                                  meta.deletion_timestamp is not None))
     return found
 
 
 def clean(kube: Kube, run_id: str | None = None, namespace: str | None = None) -> list[str]:
-    """Delete every labelled object (of ``run_id``, or of all runs); return what was deleted."""
+    """Delete every labelled object (of ``run_id``, or of all runs); return what was deleted.
+    Objects already being deleted are left to their finalizers (not deleted, nor listed, again)."""
     deleted: list[str] = []
     by_kind = {res.kind: res for res in (*_NAMESPACED, MIGRATION_POLICY)}
     for item in leftovers(kube, run_id, namespace):
+        if item.terminating:
+            continue
         try:
             if item.kind in by_kind:
                 res = by_kind[item.kind]

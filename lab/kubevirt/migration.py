@@ -124,14 +124,35 @@ def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationP
     done = rec.wait_for(finished, policy.timeout_s)
     observed_end = time.time()
     if not done:
+        with rec.cond:
+            own = rec.migrations.get(name)
+            phase_at_cancel = own.phase if own is not None else None
         cancel(p, name)
-        aborted = rec.wait_for(
-            lambda: vm.record.migration_state.get("migrationUid") == uid
-            and bool(vm.record.migration_state.get("abortStatus") or vm.record.migration_state.get("failed")),
-            60.0,
-        )
-        status = vm.record.migration_state.get("abortStatus") if aborted else "unknown"
-        error = f"not finished after {policy.timeout_s:.0f} s; cancelled (abortStatus {status})"
+
+        def handed_off() -> bool:
+            return vm.record.migration_state.get("migrationUid") == uid
+
+        def settled() -> bool:
+            # Deleting a migration before the hand-off to the target (Pending, Scheduling,
+            # Scheduled, PreparingTarget) never touches the VMI's migrationState: virt-controller
+            # deletes the target pod and drops its finalizer, and the object is gone. Only a
+            # handed-off migration is aborted on the VMI (abortRequested, then virt-handler's
+            # abortStatus). kubevirt v1.9.0 pkg/virt-controller/watch/migration/migration.go.
+            # (Before this, the wait below ran its full 60 s for an abortStatus that never came.)
+            own = rec.migrations.get(name)
+            if handed_off():
+                state = vm.record.migration_state
+                return bool(state.get("abortStatus") or state.get("failed") or state.get("completed"))
+            return own is None or own.deleted or own.phase == "Failed"
+
+        settled_in_time = rec.wait_for(settled, 60.0)
+        with rec.cond:
+            if handed_off():
+                status = vm.record.migration_state.get("abortStatus") if settled_in_time else "unknown"
+                how = f"abortStatus {status}"
+            else:  # its phase when deleted (virt-controller then marks it Failed on the way out)
+                how = f"deleted in phase {phase_at_cancel or 'unknown'}, before the hand-off"
+        error = f"not finished after {policy.timeout_s:.0f} s; cancelled ({how})"
     # the VMI's migrationState and the migration's final phase are separate updates: wait for both
     rec.wait_for(lambda: (name in rec.migrations and rec.migrations[name].phase in ("Succeeded", "Failed"))
                  or (name in rec.migrations and rec.migrations[name].deleted), 5.0)
