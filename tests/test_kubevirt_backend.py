@@ -359,6 +359,37 @@ def test_optional_permissions_only_remove_capabilities(lab: Lab, tmp_path: Path)
             p.migrate(p.create_vm(VMSpec(name="x")), "node1", MigrationPolicy(mode="postcopy"))
 
 
+def test_the_namespaced_role_is_enough_for_a_run_in_its_namespace(lab: Lab, tmp_path: Path) -> None:
+    """deploy/rbac/virtproof-role.yaml as shipped: a Role in the scenario's namespace and a small
+    ClusterRole to read nodes and KubeVirt, bound to a ServiceAccount on the real server."""
+    docs = [d for d in yaml.safe_load_all((RBAC.parent / "virtproof-role.yaml").read_text()) if d]
+    role = next(d for d in docs if d["kind"] == "Role")
+    cluster_read = next(d for d in docs if d["kind"] == "ClusterRole")
+    ns, name = role["metadata"]["namespace"], "vp-namespaced"
+    rbac = client.RbacAuthorizationV1Api(lab.admin)
+    lab.core.create_namespace({"metadata": {"name": ns}})
+    rbac.create_namespaced_role(ns, {"metadata": {"name": name}, "rules": role["rules"]})
+    rbac.create_namespaced_role_binding(ns, {
+        "metadata": {"name": name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "virtproof"}]})
+    try:
+        with _identity(lab, name, cluster_read["rules"], tmp_path) as kubeconfig, \
+                _platform(lab, tmp_path, "t-role", kubeconfig=kubeconfig, namespace=ns) as p:
+            assert not p.created_namespace
+            assert Capability.LIVE_MIGRATION in p.capabilities and Capability.NODE_DRAIN not in p.capabilities
+            vm = p.create_vm(VMSpec(name="role-1"))
+            p.wait_running(vm, 120)
+            target = next(n for n in p.nodes() if n != vm.node)
+            assert p.migrate(vm, target, MigrationPolicy(timeout_s=120)).ok
+            deleted = cleanup.clean(p.kube, "t-role", ns)
+            assert any("VirtualMachine virtproof-runs/role-1" in d for d in deleted), deleted
+            _wait("the run's objects gone", lambda: not cleanup.leftovers(p.kube, "t-role", ns), 60)
+    finally:
+        rbac.delete_namespaced_role_binding(name, ns)
+        rbac.delete_namespaced_role(name, ns)
+        lab.core.delete_namespace(ns)
+
+
 def _kubevirt_cr(lab: Lab) -> dict[str, Any]:
     cr: dict[str, Any] = lab.custom.get_namespaced_custom_object("kubevirt.io", "v1", "kubevirt", "kubevirts",
                                                                  "kubevirt")
