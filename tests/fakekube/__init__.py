@@ -1,9 +1,23 @@
-"""A fake Kubernetes cluster with KubeVirt and CDI for tests: ``FakeCluster``.
+"""A fake Kubernetes cluster with KubeVirt and CDI for tests: ``FakeCluster``. Being retired.
+
+The KubeVirt backend's own tests run on the real control plane (a sim-kubevirt lab:
+``tests/test_kubevirt_backend.py``). What still uses this fake, and why:
+
+- CDI disk import (``tests/test_kubevirt_backend_cdi.py``): CDI is not in the sim-kubevirt lab
+  (the control-plane build has no CDI, and its importer is a pod that needs a container
+  runtime), so only this fake fills DataVolumes.
+- ``tests/test_kubevirt_e2e.py`` (``FakeCluster``, ``fixtures.open_platform``,
+  ``qemu_guests.QemuGuests``), being ported to the sim-kubevirt lab by its owner, and
+  ``benchmarks/bench_kubevirt.py`` (``controllers=False``, ``store.now_rfc3339``): delete
+  what they import once they no longer do.
+
+Faults of the real server once played here (422 from schemas and webhooks, 410 Gone, missing
+permissions, KubeVirt not Available, a single node) are now produced by the real components.
 
 The API server is real HTTP on 127.0.0.1 (the real ``kubernetes`` client talks to it); objects
-are validated against ``../shared/kubevirt`` schemas; controllers advance them like KubeVirt;
-a ``GuestRunner`` plays virt-handler (nothing, or real qemu guests); NodePorts are real
-listeners on 127.0.0.1 forwarding to the guest.
+are validated against the KubeVirt and CDI schemas bundled in ``lab/kubevirt/schemas``;
+controllers advance them like KubeVirt; a ``GuestRunner`` plays virt-handler (nothing, or real
+qemu guests); NodePorts are real listeners on 127.0.0.1 forwarding to the guest.
 """
 
 from __future__ import annotations
@@ -30,9 +44,8 @@ CDI_VERSION = "v1.66.0"
 
 class FakeCluster:
     def __init__(self, nodes: int = 2, runner: GuestRunner | None = None, step_s: float = 0.02,
-                 cdi: bool = True, allow_postcopy: bool = False, use_emulation: bool = True,
-                 download_dir: Path | None = None, kubevirt_available: bool = True,
-                 node_names: list[str] | None = None, controllers: bool = True) -> None:
+                 download_dir: Path | None = None, node_names: list[str] | None = None,
+                 controllers: bool = True) -> None:
         kubevirt_schema.load_schemas()
         self.token = "vp-test-token-" + secrets.token_hex(16)
         self.store = Store()
@@ -43,13 +56,12 @@ class FakeCluster:
         if not controllers:  # an API server only: objects stay as written (the watch benchmark)
             self.store.listeners.clear()
         self.api.port_allocator = self.proxy.allocate
-        self.api.on_evict = self.controller.evict
         self.node_names = node_names or [f"node-{i}" for i in range(1, nodes + 1)]
         self._tmp = tempfile.TemporaryDirectory(prefix="vp-fakekube-")
         self.kubeconfig = Path(self._tmp.name) / "kubeconfig"
-        self._seed(cdi, allow_postcopy, use_emulation, kubevirt_available)
+        self._seed()
 
-    def _seed(self, cdi: bool, allow_postcopy: bool, use_emulation: bool, available: bool) -> None:
+    def _seed(self) -> None:
         for name in self.node_names:
             self.store.create(NODE, "", {
                 "apiVersion": "v1", "kind": "Node",
@@ -61,27 +73,25 @@ class FakeCluster:
                            "conditions": [{"type": "Ready", "status": "True"}]},
             })
         kv_status: dict[str, Any] = {
-            "phase": "Deployed" if available else "Deploying",
+            "phase": "Deployed",
             "observedKubeVirtVersion": KUBEVIRT_VERSION, "operatorVersion": KUBEVIRT_VERSION,
-            "conditions": [{"type": "Available", "status": "True" if available else "False",
+            "conditions": [{"type": "Available", "status": "True",
                             "reason": "AllComponentsReady", "message": "All components are ready."}],
         }
-        configuration: dict[str, Any] = {"developerConfiguration": {"useEmulation": use_emulation}}
-        if allow_postcopy:
-            configuration["migrations"] = {"allowPostCopy": True}
+        configuration: dict[str, Any] = {"developerConfiguration": {"useEmulation": True}}
         kv = {"apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
               "metadata": {"name": "kubevirt", "namespace": "kubevirt"},
               "spec": {"configuration": configuration}, "status": kv_status}
         self.api.check(_kind("kubevirts"), kv)
         self.store.create("kubevirt.io/v1/kubevirts", "kubevirt", kv)
-        if cdi:
-            cdi_obj = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "CDI", "metadata": {"name": "cdi"},
-                       "spec": {}, "status": {"phase": "Deployed", "observedVersion": CDI_VERSION,
-                                              "conditions": [{"type": "Available", "status": "True",
-                                                              "lastTransitionTime": "2026-01-01T00:00:00Z",
-                                                              "reason": "", "message": ""}]}}
-            self.api.check(_kind("cdis"), cdi_obj)
-            self.store.create("cdi.kubevirt.io/v1beta1/cdis", "", cdi_obj)
+        # CDI (Available): what this fake is still for
+        cdi_obj = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "CDI", "metadata": {"name": "cdi"},
+                   "spec": {}, "status": {"phase": "Deployed", "observedVersion": CDI_VERSION,
+                                          "conditions": [{"type": "Available", "status": "True",
+                                                          "lastTransitionTime": "2026-01-01T00:00:00Z",
+                                                          "reason": "", "message": ""}]}}
+        self.api.check(_kind("cdis"), cdi_obj)
+        self.store.create("cdi.kubevirt.io/v1beta1/cdis", "", cdi_obj)
         self.store.create("v1/namespaces", "", {"apiVersion": "v1", "kind": "Namespace",
                                                 "metadata": {"name": "default"}})
 

@@ -7,9 +7,9 @@
   labels; the Ready condition once the guest process runs (virt-handler = ``GuestRunner``).
 - VirtualMachineInstanceMigration phases Pending, Scheduling, Scheduled, PreparingTarget,
   TargetReady, Running, Succeeded/Failed, with the VMI's ``status.migrationState``;
-  deleting an unfinished migration aborts it (abortRequested, abortStatus).
-- Pod eviction of a LiveMigrate VMI's launcher: refused with 429, an evacuation migration
-  created instead (KubeVirt's eviction webhook + evacuation controller).
+  deleting an unfinished migration aborts it (abortRequested, abortStatus; unlike KubeVirt,
+  which writes no abortStatus for a migration deleted before the hand-off: the backend's cancel
+  is tested on the real control plane).
 - DataVolume phases Pending -> ImportScheduled -> ImportInProgress -> Succeeded; the http
   source is really downloaded.
 """
@@ -391,25 +391,6 @@ class Controller:
         for pod in self.store.list(POD, ns, f"vm.kubevirt.io/name={vmi_name}")[0]:
             if pod["spec"]["nodeName"] == target:
                 self.store.delete(POD, ns, pod["metadata"]["name"])
-
-    def evict(self, ns: str, pod_name: str) -> tuple[int, str]:
-        """KubeVirt's eviction webhook for virt-launcher pods of LiveMigrate VMIs."""
-        pod = self.store.get(POD, ns, pod_name)
-        vmi_name = (pod["metadata"].get("labels") or {}).get("vm.kubevirt.io/name")
-        if not vmi_name or not self.store.exists(VMI, ns, vmi_name):
-            self.store.delete(POD, ns, pod_name)
-            return 201, ""
-        vmi = self.store.get(VMI, ns, vmi_name)
-        if vmi["spec"].get("evictionStrategy") not in ("LiveMigrate", "LiveMigrateIfPossible"):
-            self.store.delete(VMI, ns, vmi_name)
-            return 201, ""
-        node = pod["spec"]["nodeName"]
-        self.store.update(VMI, ns, vmi_name, lambda o: o["status"].__setitem__("evacuationNodeName", node))
-        self.store.create(VMIM, ns, {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
-                                     "metadata": {"generateName": "kubevirt-evacuation-",
-                                                  "labels": {"kubevirt.io/vmi-name": vmi_name}},
-                                     "spec": {"vmiName": vmi_name}})
-        return 429, f"Eviction triggered evacuation of VMI \"{ns}/{vmi_name}\""
 
     # DataVolumes ------------------------------------------------------------------------
     def _dv_changed(self, change: Change) -> None:

@@ -8,7 +8,6 @@ API-only tests and the benchmark: nothing answers on the guest ports). ``QemuGue
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,10 +71,3 @@ class NoGuest:
     def close(self) -> None:
         self.running.clear()
 
-
-class SlowGuest(NoGuest):
-    """Like NoGuest, but migrations take long enough to be cancelled."""
-
-    def __init__(self, migrate_s: float = 30.0) -> None:
-        super().__init__(migrate_s)
-        self.started_at = time.time()

@@ -1,9 +1,9 @@
 """A fake Kubernetes API server the real ``kubernetes`` client talks to over HTTP.
 
 It serves discovery, CRUD, list and watch (a chunked stream of JSON events), merge patches,
-SelfSubjectAccessReviews and the pod eviction subresource. Every KubeVirt/CDI object written
-is validated against ``../shared/kubevirt`` (``virtproof.lab.kubevirt.schema``); an invalid one is
-rejected with 422 like an API server with strict validation. Requests need the bearer token.
+and SelfSubjectAccessReviews (every access allowed). Every KubeVirt/CDI object written is
+validated against the schemas bundled in ``lab/kubevirt/schemas`` (``virtproof.lab.kubevirt.schema``);
+an invalid one is rejected with 422. Requests need the bearer token.
 """
 
 from __future__ import annotations
@@ -85,7 +85,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 # (verb, group, resource, subresource, namespace) -> allowed
 AccessPolicy = Callable[[dict[str, Any]], bool]
-EvictionHook = Callable[[str, str], tuple[int, str]]
 
 
 class FakeApiServer:
@@ -93,7 +92,6 @@ class FakeApiServer:
         self.store = store
         self.token = token
         self.access: AccessPolicy = lambda attrs: True
-        self.on_evict: EvictionHook | None = None
         self.port_allocator: Callable[[], int] = _sequential_port
         self.validated = 0
         self.rejected: list[str] = []
@@ -264,14 +262,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                         "metadata": {"resourceVersion": rv}, "items": items})
             if method == "GET":
                 return self._send(200, store.get(kind.gvr, ns, name))
-            if method == "POST" and sub == "eviction" and kind.plural == "pods":
-                self._body()
-                store.get(kind.gvr, ns, name)
-                hook = self.api.on_evict
-                code, message = hook(ns, name) if hook else (201, "")
-                if code >= 400:
-                    raise ApiError(code, "TooManyRequests", message)
-                return self._send(201, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201})
             if method == "POST" and not name:
                 body = self._body()
                 body.setdefault("apiVersion", f"{kind.group}/{kind.version}".strip("/"))
