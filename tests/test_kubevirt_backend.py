@@ -214,6 +214,20 @@ def test_boot_timeline_comes_from_watch_events_in_kubevirt_phase_order(platform:
     platform.delete_vm(vm)  # idempotent
 
 
+def test_api_request_counts_come_from_the_api_servers_own_metrics(platform: KubeVirtPlatform) -> None:
+    assert Capability.API_METRICS in platform.capabilities  # deploy/rbac grants GET /metrics
+    before = {(r.verb, r.group, r.resource): r.count for r in platform.api_requests()}
+    platform.wait_running(platform.create_vm(VMSpec(name="api-1")), 120)
+    after = {(r.verb, r.group, r.resource): r.count for r in platform.api_requests()}
+    # apiserver_request_total's verb is the HTTP method (POST), LIST/WATCH/APPLY for those
+    key = ("POST", "kubevirt.io", "virtualmachines")
+    assert after.get(key, 0) - before.get(key, 0) >= 1, sorted(after)
+    # virt-controller made the VMI and its launcher pod
+    assert after.get(("POST", "", "pods"), 0) > before.get(("POST", "", "pods"), 0)
+    assert after.get(("POST", "kubevirt.io", "virtualmachineinstances"), 0) >= 1
+    assert after.get(("WATCH", "kubevirt.io", "virtualmachineinstances"), 0) >= 1
+
+
 def test_real_server_rejects_invalid_objects_with_422(platform: KubeVirtPlatform) -> None:
     body = virtual_machine(VMSpec(name="bad"), platform.namespace, "t1", DiskSource(container_disk=DISK), None)
     body["spec"]["template"]["spec"]["domain"]["cpu"] = {"cores": "one"}  # not an integer: the CRD schema

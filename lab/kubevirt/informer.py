@@ -58,7 +58,12 @@ class Informer(threading.Thread):
             return
         shutdown = getattr(resp, "shutdown", None)
         if callable(shutdown):
-            shutdown()
+            try:
+                shutdown()
+            except OSError:
+                # The reader closed the socket between our look at it and the shutdown (EBADF):
+                # nothing left to unblock. Seen on the real server's TLS watch during close().
+                pass
 
     def _backoff(self) -> float:
         self._failures += 1
@@ -127,7 +132,15 @@ class Informer(threading.Thread):
                 if not line:
                     continue
                 received = time.time()
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    # A line torn by our own shutdown() (stop/_interrupt) or by a broken stream:
+                    # neither is the server's event. Resume from the last resourceVersion seen
+                    # (on the real server's TLS watch this crashed the informer's thread).
+                    if not self._stopped.is_set():
+                        log.debug("watch on %s: unreadable event line; reconnecting", self.res.plural)
+                    break
                 kind: str = event["type"]
                 obj: dict[str, Any] = event["object"]
                 if kind == "ERROR":
