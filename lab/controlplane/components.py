@@ -43,6 +43,37 @@ LAUNCHER_IMAGE = "registry.invalid/kubevirt/virt-launcher"  # never pulled: no k
 EXPORTER_IMAGE = "registry.invalid/kubevirt/virt-exportserver"
 
 
+# kube-apiserver's audit log of what matters to a run's evidence: every request on
+# VirtualMachineInstanceMigrations (and their status) with the object the server stored, and
+# every pod eviction with its answer. Nothing else (the log stays small). The policy format is
+# Kubernetes' audit.k8s.io/v1 Policy (staging/src/k8s.io/apiserver/pkg/apis/audit/v1/types.go);
+# first matching rule wins.
+AUDIT_LOG_ENV = "VIRTPROOF_SIM_AUDIT_LOG"  # where to write it instead of <lab>/logs/audit.log
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: RequestResponse
+    verbs: [create, update, patch, delete]
+    resources:
+      - group: kubevirt.io
+        resources: [virtualmachineinstancemigrations, virtualmachineinstancemigrations/status]
+  - level: Metadata
+    verbs: [create]
+    resources:
+      - group: ""
+        resources: [pods/eviction]
+  - level: None
+"""
+
+
+def audit_log_path(paths: LabPaths) -> Path:
+    """The API server's audit log: ``$VIRTPROOF_SIM_AUDIT_LOG`` if set (kept after the lab),
+    else ``logs/audit.log`` in the lab (removed with it)."""
+    configured = os.environ.get(AUDIT_LOG_ENV)
+    return Path(configured) if configured else paths.root / "logs" / "audit.log"
+
+
 class ComponentError(LabUnavailable):
     """A process did not start or did not become ready (exit 3); the message says why."""
 
@@ -97,6 +128,7 @@ class LabPaths:
         for sub in ("logs", "pids", "kubeconfig", "etcd", "apiserver", "kcm/flexvolume", "scheduler",
                     "manifests"):
             (self.root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.root / "audit-policy.yaml").write_text(AUDIT_POLICY)
 
 
 @dataclass(frozen=True)
@@ -216,6 +248,8 @@ def components(build: ControlPlaneBuild, paths: LabPaths, ports: Ports) -> list[
             f"--kubelet-client-certificate={pki.crt('apiserver-kubelet-client')}",
             f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
             "--endpoint-reconciler-type=none", "--profiling=false", "--v=1",
+            f"--audit-policy-file={root / 'audit-policy.yaml'}", f"--audit-log-path={audit_log_path(paths)}",
+            "--audit-log-format=json", "--audit-log-mode=blocking",
         ], Probe(f"https://127.0.0.1:{p.apiserver}/readyz", pki.crt("ca"), (pki.crt("admin"), pki.key("admin")),
                  "ok"), 300, (p.apiserver,)),
         Component("kube-controller-manager", [

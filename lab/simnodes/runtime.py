@@ -24,8 +24,18 @@ HANDLER = "handler"
 
 
 def guest_name(namespace: str, name: str, uid: str) -> str:
-    """The qemu lab name of a VMI's guest: readable, unique per VMI (uid), short."""
-    base = re.sub(r"[^a-z0-9-]+", "-", f"{namespace}-{name}".lower()).strip("-")[:40]
+    """The qemu lab name of a VMI's guest: readable, unique per VMI (uid), short.
+
+    Short because it names the guest's state directory, under which qemu's QMP socket lives
+    (``<state>/labs/<lab>/vms/<guest>/incoming-<n>/qmp.sock`` for a migration target), and a
+    unix socket path has at most 107 bytes: with a run namespace (``virtproof-<run id>``) and
+    the lab directory, a 47-character name passed it and every migration target failed to
+    start. At most 31 characters; the uid keeps it unique. KubeVirt names its per-VMI sockets on
+    the host by UID for the same reason (pkg/virt-handler/migration-proxy/migration-proxy.go,
+    ``SourceUnixFile``: ``<base>/migrationproxy/<vmi uid>-source.sock``).
+    """
+    base = re.sub(r"[^a-z0-9-]+", "-", f"{namespace[:7]}-{name}".lower())
+    base = re.sub(r"-{2,}", "-", base).strip("-")[:24].strip("-")
     return f"{base}-{uid.replace('-', '')[:6]}"
 
 
