@@ -1,64 +1,57 @@
-"""The real boot suite and real migrations through the fake KubeVirt API server.
+"""A real live migration through the KubeVirt backend on the sim-kubevirt lab.
 
-What is real: the kubernetes client, HTTP, watch streams and schema validation; the guests are
-the micro guest under qemu (one qemu process per VMI, started by the fake's virt-handler on the
-qemu lab node of the same name); readiness is the guest's own SSH banner and a command over SSH
-through the VM's NodePort Service; migrations are qemu live migrations between the lab's nodes.
-What is simulated: KubeVirt's controllers (phase transitions) and kube-proxy (a TCP forwarder).
+What is real: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, KubeVirt v1.9.0's
+virt-api and virt-controller (the VirtualMachineInstanceMigration's phases are virt-controller's);
+the kubernetes client, watches and admission; the guest is the micro guest under qemu on a
+network-namespace node, readiness is its own SSH banner and a command over SSH through the VM's
+NodePort Service; the move is a qemu live migration between the nodes. What is simulated: the
+kubelet and virt-handler (virtproof's node agent, which also forwards NodePorts as kube-proxy).
+
+The boot and migration suites run unchanged on this lab through ``virtproof run`` in
+``tests/test_sim_kubevirt_run.py`` (these tests once ran them through a fake API server).
 """
 
 from __future__ import annotations
 
-import secrets
 import socket
-import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from virtproof.lab.factory import open_lab
+from virtproof.lab.controlplane.components import LabPaths, lab_processes
+from virtproof.lab.controlplane.lab import SimKubeVirtLabHandle
 from virtproof.lab.guest import GuestSession, wait_for_banner
-from virtproof.lab.images.micro import GuestImage
-from virtproof.lab.kubevirt import cleanup
-from virtproof.lab.kubevirt.config import ImageConfig
-from virtproof.lab.kubevirt.manifests import DiskSource
+from virtproof.lab.kubevirt.platform import KubeVirtPlatform
 from virtproof.lab.platform import Endpoint, MigrationPolicy, VMSpec
-from virtproof.lab.qemu.platform import QemuPlatform
-from virtproof.reports.results import load_runs, read_manifest
-from virtproof.scenarios.model import parse_scenario
+from virtproof.lab.simnodes.kube import Kube, path_of
+from virtproof.reports.results import new_run_id
+from virtproof.scenarios.model import Scenario
 
-from fakekube import FakeCluster
-from fakekube.fixtures import open_platform
-from fakekube.qemu_guests import QemuGuests
+from controlplane_support import control_plane
 
-pytestmark = pytest.mark.qemu
-MICRO_DISK = "registry.example/virtproof/micro:latest"
+pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.qemu]
 
 
 @pytest.fixture(scope="module")
-def qemu_lab(micro_image: GuestImage, leftovers: Callable[[str], list[str]]) -> Iterator[QemuPlatform]:
-    lab_id = f"kvfake-{secrets.token_hex(3)}"
-    scenario = parse_scenario("name: kvfake\nlab: {kind: qemu, nodes: 2, network: loopback}\n"
-                              "guest: {image: micro, memory: 160Mi}\nsuites: {boot: {}}\n")
-    handle = open_lab(scenario, lab_id)
-    platform = handle.up()
-    assert isinstance(platform, QemuPlatform)
+def lab(module_root: None, leftovers: Callable[[str], list[str]]) -> Iterator[tuple[SimKubeVirtLabHandle,
+                                                                                  KubeVirtPlatform]]:
+    control_plane()
+    lab_id = f"kve2e-{new_run_id()}"
+    scenario = Scenario.model_validate({"name": "kv-e2e", "lab": {"kind": "sim-kubevirt", "nodes": 2},
+                                        "guest": {"image": "micro", "memory": "160Mi"}, "suites": {"boot": {}}})
+    handle = SimKubeVirtLabHandle(scenario, lab_id)
     try:
-        yield platform
+        platform = handle.up(lambda message: print(message, file=sys.stderr, flush=True))
+        try:
+            yield handle, platform
+        finally:
+            platform.close()
     finally:
-        platform.close()
         handle.down()
     assert leftovers(lab_id) == []
-
-
-@pytest.fixture
-def cluster(qemu_lab: QemuPlatform) -> Iterator[FakeCluster]:
-    runner = QemuGuests(qemu_lab)
-    with FakeCluster(runner=runner, node_names=list(qemu_lab.nodes())) as c:
-        yield c
-    assert runner.vms == {}
+    assert lab_processes(LabPaths.for_lab(lab_id).marker) == []
 
 
 def _http_get(ep: Endpoint) -> bytes:
@@ -77,99 +70,40 @@ def _http_get(ep: Endpoint) -> bytes:
         time.sleep(0.2)
 
 
-def _micro_image(qemu_lab: QemuPlatform) -> dict[str, str]:
-    access = qemu_lab.guest_access("micro")
-    return {"container_disk": MICRO_DISK, "cloud_init": "false", "user": access.user,
-            "private_key": str(access.private_key), "host_key": access.host_key}
-
-
-def _scenario_file(tmp_path: Path, cluster: FakeCluster, qemu_lab: QemuPlatform, suites: str) -> Path:
-    image = _micro_image(qemu_lab)
-    scenario = tmp_path / "kv-fake.yaml"
-    scenario.write_text(
-        "name: kv-fake\nlab:\n  kind: existing\n"
-        f"  kubeconfig: {cluster.kubeconfig}\n  images:\n    micro:\n"
-        + "".join(f"      {k}: {v!r}\n" if k != "cloud_init" else f"      {k}: {v}\n" for k, v in image.items())
-        + "guest: {image: micro, cpus: 1, memory: 192Mi}\n" + suites)
-    return scenario
-
-
-def test_boot_suite_runs_unchanged_through_the_fake_cluster(
-        cluster: FakeCluster, qemu_lab: QemuPlatform, tmp_path: Path, virtproof_cmd: list[str],
-        project_root: Path) -> None:
-    scenario = _scenario_file(tmp_path, cluster, qemu_lab,
-                              "suites:\n  boot: {count: 2, concurrency: 2, timeout_s: 150}\n")
-    results = tmp_path / "results"
-    proc = subprocess.run([*virtproof_cmd, "run", str(scenario), "--results", str(results)], cwd=project_root,
-                          capture_output=True, text=True, timeout=500, check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    run_dir = next(p for p in results.iterdir() if p.is_dir())
-    manifest = read_manifest(run_dir)
-    assert manifest["status"] == "passed" and manifest["platform"]["name"] == "kubevirt"
-    df = load_runs([run_dir])
-    for metric in ("boot.time_to_running_s", "boot.time_to_ssh_s", "boot.time_to_command_s"):
-        assert (df["metric"] == metric).sum() == 2, metric
-    running = df[df["metric"] == "boot.time_to_running_s"]
-    assert set(running["label.time_source"]) == {"platform"} and set(running["label.platform"]) == {"kubevirt"}
-    assert set(cluster.runner.images_seen) == {MICRO_DISK}  # type: ignore[attr-defined]
-    # the run cleaned up after itself: nothing labelled is left in the cluster
-    assert [k for (g, _, _) in cluster.store.objects for k in [g] if "virtualmachine" in g] == []
-    assert not any(ns == f"virtproof-{manifest['run_id']}" for (_, _, ns) in cluster.store.objects)
-    # the bearer token never reaches the run's outputs
-    for path in run_dir.rglob("*"):
-        if path.is_file():
-            assert cluster.token not in path.read_text(errors="replace"), path
-    assert cluster.token not in output
-
-
-def test_migration_suite_runs_unchanged_through_the_fake_cluster(
-        cluster: FakeCluster, qemu_lab: QemuPlatform, tmp_path: Path, virtproof_cmd: list[str],
-        project_root: Path) -> None:
-    scenario = _scenario_file(tmp_path, cluster, qemu_lab, (
-        "suites:\n  migration: {count: 1, round_trips: 1, pattern: sequential, timeout_s: 150,\n"
-        "              workload: {kind: idle}, policy: {mode: precopy, timeout_s: 120}}\n"))
-    results = tmp_path / "results"
-    proc = subprocess.run([*virtproof_cmd, "run", str(scenario), "--results", str(results)], cwd=project_root,
-                          capture_output=True, text=True, timeout=500, check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    run_dir = next(p for p in results.iterdir() if p.is_dir())
-    df = load_runs([run_dir])
-    total = df[df["metric"] == "migration.total_s"]
-    assert len(total) == 2, df["metric"].value_counts().to_dict()  # there and back
-    assert set(total["label.platform"]) == {"kubevirt"}
-    assert (df["metric"] == "migration.guest_downtime_ms").sum() == 2  # the prober saw the guest answer
-    assert not (df["metric"] == "migration.downtime_ms").any()  # KubeVirt does not report downtime
-    assert [k for (g, _, _) in cluster.store.objects for k in [g] if "virtualmachine" in g] == []
-
-
 def test_real_live_migration_keeps_the_guest_reachable_through_its_service(
-        cluster: FakeCluster, qemu_lab: QemuPlatform, tmp_path: Path) -> None:
-    access = qemu_lab.guest_access("micro")
-    image = ImageConfig(DiskSource(container_disk=MICRO_DISK), user=access.user, cloud_init=False, access=access)
-    p = open_platform(cluster, tmp_path, run_id="kvmig", images={"micro": image})
+        lab: tuple[SimKubeVirtLabHandle, KubeVirtPlatform]) -> None:
+    handle, p = lab
+    access = p.guest_access("micro")
+    vm = p.create_vm(VMSpec(name="mover", memory_mib=160, scratch_disk_mib=0))
+    p.wait_running(vm, 180)
+    endpoint = vm.ssh_endpoint()
+    wait_for_banner(endpoint, 180)
+    with GuestSession(endpoint, access, timeout=60) as session:
+        session.run("echo before > /tmp/marker", check=True)
+        boot_id = session.run("cat /proc/sys/kernel/random/boot_id", check=True).stdout.strip()
+    assert _http_get(vm.http_endpoint()).startswith(b"HTTP/1")
+    source = vm.node
+    target = next(n for n in p.nodes() if n != source)
+    result = p.migrate(vm, target, MigrationPolicy(timeout_s=150))
+    assert result.ok and result.source == source and result.target == target, result
+    assert result.total_s > 0 and vm.node == target
+    assert vm.ssh_endpoint() == endpoint  # the Service's NodePort stays; kube-proxy follows the VMI
+    wait_for_banner(endpoint, 60)
+    assert _http_get(vm.http_endpoint()).startswith(b"HTTP/1")
+    with GuestSession(endpoint, access, timeout=60) as session:
+        # the same guest, moved: the file written before the migration is still there
+        assert session.run("cat /tmp/marker", check=True).stdout.strip() == "before"
+        assert session.run("cat /proc/sys/kernel/random/boot_id", check=True).stdout.strip() == boot_id
+    # what the real API server holds: the VMI on the target, the VMIM Succeeded (virt-controller's word)
+    admin = Kube.from_kubeconfig(handle.paths.kubeconfig("admin"))
     try:
-        vm = p.create_vm(VMSpec(name="mover", memory_mib=160, scratch_disk_mib=0))
-        p.wait_running(vm, 150)
-        endpoint = vm.ssh_endpoint()
-        wait_for_banner(endpoint, 150)
-        with GuestSession(endpoint, access, timeout=60) as session:
-            session.run("echo before > /tmp/marker", check=True)
-        assert _http_get(vm.http_endpoint()).startswith(b"HTTP/1")
-        source = vm.node
-        target = next(n for n in p.nodes() if n != source)
-        result = p.migrate(vm, target, MigrationPolicy(timeout_s=120))
-        assert result.ok and result.source == source and result.target == target, result
-        assert result.total_s > 0 and vm.node == target
-        assert vm.ssh_endpoint() == endpoint  # the Service's NodePort stays; kube-proxy follows the VMI
-        wait_for_banner(endpoint, 60)
-        assert _http_get(vm.http_endpoint()).startswith(b"HTTP/1")
-        with GuestSession(endpoint, access, timeout=60) as session:
-            # the same guest, moved: the file written before the migration is still there
-            assert session.run("cat /tmp/marker", check=True).stdout.strip() == "before"
-        assert cluster.runner.vms["mover"].node == target  # type: ignore[attr-defined]
-        p.delete_vm(vm)
+        ns = f"virtproof-{handle.lab_id}"
+        vmi = admin.get(path_of("kubevirt.io", "v1", "virtualmachineinstances", ns, "mover"))
+        assert vmi["status"]["nodeName"] == target
+        state = vmi["status"]["migrationState"]
+        assert state["completed"] is True and not state.get("failed") and state["targetNode"] == target
+        migrations = admin.get(path_of("kubevirt.io", "v1", "virtualmachineinstancemigrations", ns, None))["items"]
+        assert [m["status"]["phase"] for m in migrations if m["spec"]["vmiName"] == "mover"] == ["Succeeded"]
     finally:
-        cleanup.clean(p.kube, "kvmig")
-        p.close()
+        admin.close()
+    p.delete_vm(vm)
