@@ -160,6 +160,9 @@ def token_seconds(pod: Obj) -> int:
     return TOKEN_SECONDS
 
 
+GRAPH_WAIT_S = 30.0  # how long a TokenRequest waits for the Node authorizer's graph
+
+
 @dataclass
 class HandlerToken:
     """A node's virt-handler identity and the token that backs it."""
@@ -182,13 +185,25 @@ class HandlerIdentities:
     def _request(self, node: str, pod: Obj) -> tuple[str, float]:
         kubelet = self.kubelets.get(node, self.admin)
         meta = pod["metadata"]
-        answer = kubelet.create(
-            path_of("", "v1", "serviceaccounts", HANDLER_NAMESPACE, HANDLER_SA, "token"),
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-             "spec": {"expirationSeconds": token_seconds(pod),
-                      "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
-                                         "uid": meta["uid"]}}},
-        )
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": token_seconds(pod),
+                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
+                                            "uid": meta["uid"]}}}
+        # The Node authorizer decides from a graph its informers fill (Kubernetes
+        # plugin/pkg/auth/authorizer/node/graph_populator.go): a pod bound a moment ago may not be
+        # in it yet, and node_authorizer.go then answers 403 "no relationship found between
+        # node ...". The kubelet's token manager retries (pkg/kubelet/token/token_manager.go);
+        # so does this, for a while (seen with 11 nodes started at once on a busy host).
+        deadline = time.monotonic() + GRAPH_WAIT_S
+        while True:
+            try:
+                answer = kubelet.create(
+                    path_of("", "v1", "serviceaccounts", HANDLER_NAMESPACE, HANDLER_SA, "token"), body)
+                break
+            except ApiError as exc:
+                if exc.status != 403 or "no relationship found" not in exc.message or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         token = str(answer["status"]["token"])
         return token, time.time() + token_seconds(pod)
 
