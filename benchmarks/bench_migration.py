@@ -8,12 +8,21 @@ by side, and the ratio guest-observed / platform-reported. Numbers, not pass/fai
 
 Cases: idle, dirty (48 MiB rewritten flat out), dirty-bw32 (capped at 32 MiB/s),
 dirty-autoconverge and dirty-postcopy (both with a 50 ms downtime limit).
+
+The convergence map (``scenarios/convergence.yaml``: dirty rate x mode, each move verified) runs
+through ``virtproof run`` and is printed from its results (mode x rate: converged, total s,
+qemu and guest-observed downtime ms, MiB sent, the rate the guest achieved, and the predicted
+and measured pre-copy boundaries); about 15 minutes under TCG:
+
+    .venv/bin/python benchmarks/bench_migration.py --convergence [--scenario scenarios/convergence.yaml]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +33,7 @@ from virtproof.instruments.prober import ProbeLog, Prober
 from virtproof.lab.guest import GuestSession, wait_for_banner
 from virtproof.lab.platform import MigrationPolicy, VMSpec
 from virtproof.lab.qemu.lab import QemuLabHandle
+from virtproof.reports.results import load_runs
 from virtproof.scenarios.model import Guest, QemuLab
 
 CASES: dict[str, tuple[int, MigrationPolicy]] = {
@@ -88,11 +98,73 @@ def run_case(platform: object, name: str, dirty_mib: int, policy: MigrationPolic
         platform.delete_vm(vm)
 
 
+ROOT = Path(__file__).resolve().parent.parent
+MAP_COLUMNS = (("converged", "convergence.converged"), ("total s", "convergence.total_s"),
+               ("downtime ms", "convergence.downtime_ms"), ("guest ms", "convergence.guest_downtime_ms"),
+               ("MiB", "convergence.transferred_mib"), ("achieved MiB/s", "convergence.achieved_dirty_mibps"),
+               ("predicted s", "convergence.predicted_total_s"))  # fmt: skip
+
+
+def convergence_map(run_dir: Path) -> list[str]:
+    """The map of one run's sweep, as printed lines: one per (mode, rate), then the boundaries."""
+    df = load_runs([run_dir])
+
+    def value(metric: str, mode: str, rate: str) -> float:
+        rows = df[(df["metric"] == metric) & (df["label.dirty_mibps"] == rate)]
+        rows = rows[rows["label.mode"] == mode]
+        return float(rows["value"].max()) if len(rows) else math.nan  # guest ms: the worst prober path
+
+    moves = df[df["metric"] == "convergence.converged"]
+    pairs = sorted({(str(m), str(r)) for m, r in zip(moves["label.mode"], moves["label.dirty_mibps"], strict=True)},
+                   key=lambda p: (p[0], float(p[1])))  # fmt: skip
+    lines = [f"{'mode':<14} {'dirty MiB/s':>11} " + " ".join(f"{name:>14}" for name, _ in MAP_COLUMNS)]
+    for mode, rate in pairs:
+        cells = []
+        for name, metric in MAP_COLUMNS:
+            v = value(metric, "precopy" if metric.endswith("predicted_total_s") and mode == "precopy" else mode, rate)
+            cells.append(f"{'yes' if v == 1 else 'no':>14}" if name == "converged" else f"{v:>14.1f}")
+        lines.append(f"{mode:<14} {rate:>11} " + " ".join(cells))
+    for metric in ("convergence.available_bandwidth_mibps", "convergence.predicted_boundary_mibps",
+                   "convergence.measured_boundary_mibps"):  # fmt: skip
+        for row in df[df["metric"] == metric].to_dict("records"):
+            line = f"{metric}: {row['value']:.1f} MiB/s"
+            if metric.endswith("measured_boundary_mibps"):
+                line += f" ({row['label.mode']}, {row['label.bound']}, last converged {row['label.last_converged']})"
+            lines.append(line)
+    corrupted = df[(df["metric"] == "migration.corrupted_pages") & (df["label.pattern"] == "sweep")]
+    lines.append(f"moves verified: {len(corrupted)}, corrupted pages: {int(corrupted['value'].sum())}")
+    verify = df[df["metric"] == "migration.verify_s_per_gib"]["value"]
+    if len(verify):
+        lines.append(f"vp-memcheck verify: median {verify.median():.2f} s/GiB, max {verify.max():.2f} s/GiB")
+    return lines
+
+
+def run_convergence(scenario: Path) -> int:
+    """``virtproof run`` the sweep scenario into a temporary results root and print its map."""
+    with tempfile.TemporaryDirectory(prefix="vp-bench-conv-") as tmp:
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "virtproof", "run", str(scenario), "--results", tmp],
+                              cwd=ROOT, check=False)  # fmt: skip
+        runs = [p for p in Path(tmp).iterdir() if p.is_dir()]
+        if not runs:
+            print(f"virtproof run exited {proc.returncode} with no results", file=sys.stderr)
+            return 2
+        print(f"convergence map of {scenario} (virtproof run exit {proc.returncode}, "
+              f"{time.monotonic() - started:.0f} s)")  # fmt: skip
+        print("\n".join(convergence_map(runs[0])))
+    return proc.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=4, help="migrations per case (alternating nodes)")
     parser.add_argument("--cases", default="idle,dirty", help=f"comma-separated, of: {', '.join(CASES)}")
+    parser.add_argument("--convergence", action="store_true", help="run the convergence map instead of the cases")
+    parser.add_argument("--scenario", type=Path, default=ROOT / "scenarios/convergence.yaml",
+                        help="the sweep scenario of --convergence")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.convergence:
+        return run_convergence(args.scenario)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
     if unknown:

@@ -203,8 +203,11 @@ def start_qemu(cfg: Config, directory: Path, incoming_port: int | None) -> Guest
     return Guest(directory, proc, qmp, http_port)
 
 
-def memcheck_report(guest: Guest, timeout: float) -> dict[str, Any]:
-    """GET /cgi-bin/memcheck until it answers with a report (vp-memcheck verifies every page)."""
+def memcheck_report(guest: Guest, timeout: float, running: bool = True) -> dict[str, Any]:
+    """GET /cgi-bin/memcheck until it answers with a report (vp-memcheck verifies every page).
+
+    ``running``: the workload ran before (after a move), so a checker that finds none is final;
+    at boot it is retried (the boot hook writes its pid once the region is filled)."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -219,7 +222,7 @@ def memcheck_report(guest: Guest, timeout: float) -> dict[str, Any]:
                     report: dict[str, Any] = json.loads(line)
                     return report
             last = body.strip()[-200:] or "an empty answer"
-            if '"exit": 2' in body:  # the checker answered: its workload is not running
+            if running and '"exit": 2' in body:  # the checker answered: its workload is not running
                 raise WorkloadDied(f"vp-memcheck's workload is gone: {' '.join(body.split())[-200:]}")
         except (OSError, urllib.error.URLError, ValueError) as exc:
             last = str(exc)
@@ -270,6 +273,7 @@ class Move:
     bad_pages: int  # found by the verify after the move plus the workload's own sweeps since the last one
     first_bad: list[str] = field(default_factory=list)
     broken: str | None = None  # the guest could not be verified after this completed move: why
+    verify_s_per_gib: float | None = None  # what the verify after the move took, per GiB of region
 
 
 @dataclass
@@ -303,7 +307,7 @@ def run_config(cfg: Config, moves: int, work: Path, boot_timeout: float, move_ti
     try:
         current = start_qemu(cfg, work / "b", None)
         guests.append(current)
-        before = memcheck_report(current, boot_timeout)
+        before = memcheck_report(current, boot_timeout, running=False)
         result.bad_before = _found(before)[0]
         for n in range(moves):
             port = free_port()
@@ -321,7 +325,9 @@ def run_config(cfg: Config, moves: int, work: Path, boot_timeout: float, move_ti
                 current.stop()
                 guests.remove(current)
                 current = destination
-                move.bad_pages, move.first_bad = _found(memcheck_report(current, 60))
+                report = memcheck_report(current, 60)
+                move.bad_pages, move.first_bad = _found(report)
+                move.verify_s_per_gib = float(report.get("s_per_gib", 0.0))
             except ReproError as exc:  # the move completed, the guest it left behind does not answer
                 move.broken = str(exc)
                 break
