@@ -100,6 +100,12 @@ def test_sim_kubevirt_scenario_runs_the_suites_on_real_kubevirt(
         assert seen and seen[-1] == "Succeeded", (name, seen)
         assert "Running" in seen and "Failed" not in seen, (name, seen)
 
+    # the suites' bearer token (a ServiceAccount JWT, "eyJ..." base64 of '{"alg"') never reaches the outputs
+    for path in [*run_dir.rglob("*"), audit_log]:
+        if path.is_file():
+            assert "eyJhbGciOi" not in path.read_text(errors="replace"), path
+    assert "eyJhbGciOi" not in run.proc.stdout + run.proc.stderr
+
     # nothing left: no qemu, netns or state dir, and no process of the control plane
     assert leftovers(run_id) == []
     assert lab_processes(LabPaths.for_lab(run_id).marker) == []
