@@ -1,5 +1,5 @@
 """Every object the KubeVirt backend and labs can send validates against KubeVirt's and CDI's
-OpenAPI schemas (../shared/kubevirt); the validator itself rejects invalid objects."""
+OpenAPI schemas (bundled in lab/kubevirt/schemas); the validator itself rejects invalid objects."""
 
 from __future__ import annotations
 
