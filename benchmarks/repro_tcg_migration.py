@@ -19,9 +19,9 @@ coherency with TCG memory access", QEMU 9.0). virtproof's lab pads guest RAM by 
   result is the bad pages found per configuration (and any kernel oops on the serial console).
   Defaults: 32 MiB rewritten at 48 MiB/s, migration capped at 64 MiB/s with a 100 ms downtime
   limit (about 10 dirty syncs per move). On Debian's 7.2.22 that broke the unpadded guest at its
-  first move 4 times of 4 (a kernel panic or oops; qemu exits, -no-reboot), and the padded one
-  moved 9 times of 9 intact. Uncapped (1 GiB/s, 3-4 syncs per move, flat out) the unpadded guest
-  showed bad pages in only 3 runs of 6 (2 moves each): the trigger wants many dirty syncs.
+  first move in 8 runs of 8 (a kernel panic or oops; qemu exits, -no-reboot), and the padded one
+  moved 19 times of 19 intact. Uncapped (1 GiB/s, 3-4 syncs per move, flat out) the unpadded guest
+  was corrupted in only 4 runs of 7 (2 moves each): the trigger wants many dirty syncs.
 
     .venv/bin/python benchmarks/repro_tcg_migration.py                # 256 MiB vs 256 MiB + 8 KiB
     .venv/bin/python benchmarks/repro_tcg_migration.py --moves 2 --json
