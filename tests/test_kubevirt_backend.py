@@ -483,30 +483,30 @@ def test_nodes_are_the_ones_kubevirt_schedules_on(lab: Lab, platform: KubeVirtPl
 # -- cleanup and namespaces -----------------------------------------------------------------
 
 def test_cleanup_deletes_only_objects_labelled_with_the_run(lab: Lab, tmp_path: Path) -> None:
-    lab.core.create_namespace({"metadata": {"name": "shared"}})
-    a = _open(lab, tmp_path / "a", run_id="run-a", namespace="shared")
-    b = _open(lab, tmp_path / "b", run_id="run-b", namespace="shared")
+    lab.core.create_namespace({"metadata": {"name": "team-space"}})
+    a = _open(lab, tmp_path / "a", run_id="run-a", namespace="team-space")
+    b = _open(lab, tmp_path / "b", run_id="run-b", namespace="team-space")
     try:
         for p in (a, b):
             p.wait_running(p.create_vm(VMSpec(name=f"vm-{p.config.run_id}")), 120)
-        foreign = virtual_machine(VMSpec(name="not-ours"), "shared", "x", DiskSource(container_disk=DISK), None)
+        foreign = virtual_machine(VMSpec(name="not-ours"), "team-space", "x", DiskSource(container_disk=DISK), None)
         del foreign["metadata"]["labels"]["virtproof.io/run-id"]
         del foreign["spec"]["template"]["metadata"]["labels"]["virtproof.io/run-id"]
-        a.kube.create(VM, foreign, "shared")
+        a.kube.create(VM, foreign, "team-space")
         deleted = cleanup.clean(a.kube, "run-a")
         assert any("vm-run-a" in d for d in deleted) and not any("run-b" in d for d in deleted), deleted
         # deletion is asynchronous on the real server: the VM waits for virt-controller's finalizer
         assert all(x.terminating for x in cleanup.leftovers(a.kube, "run-a")), cleanup.leftovers(a.kube, "run-a")
         assert cleanup.clean(a.kube, "run-a") == []  # nothing deleted twice
         _wait("run-a's objects gone", lambda: not cleanup.leftovers(a.kube, "run-a"), 60)
-        names = {o["metadata"]["name"] for o in a.kube.list_objects(VM, "shared")}
+        names = {o["metadata"]["name"] for o in a.kube.list_objects(VM, "team-space")}
         assert names == {"not-ours", "vm-run-b"}
-        assert lab.core.read_namespace("shared").status.phase == "Active"  # not ours: never deleted
+        assert lab.core.read_namespace("team-space").status.phase == "Active"  # not ours: never deleted
     finally:
         cleanup.clean(b.kube, "run-b")
         a.close()
         b.close()
-        lab.core.delete_namespace("shared")
+        lab.core.delete_namespace("team-space")
 
 
 def test_run_namespace_is_created_labelled_and_removed_by_cleanup(lab: Lab, tmp_path: Path) -> None:
