@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 
+from virtproof.core.ports import free_port
 from virtproof.lab.factory import open_lab
 from virtproof.lab.guest import wait_for_banner
 from virtproof.lab.images.store import ImageStore
@@ -29,16 +29,10 @@ from virtproof.scenarios.model import parse_scenario
 SCENARIO = "name: bench-boot\nlab: {kind: qemu, nodes: 1, network: loopback, accel: auto}\nsuites: {boot: {}}\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def bare_boot(platform: QemuPlatform, accel: str) -> float:
     image = ImageStore.default().get("micro")
     key = base64.b64encode(client_key_path(platform.state).with_suffix(".pub").read_bytes().strip()).decode()
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="vp-bench-bare-") as tmp:
         argv = [
             "qemu-system-x86_64",

@@ -20,6 +20,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from virtproof.core import density_metrics as dm
 from virtproof.instruments.quantiles import linear as percentile
 from virtproof.reports.results import Sample, read_samples
 
@@ -39,11 +40,11 @@ def summarize(run_dir: Path) -> str:
     if not samples:
         return f"{run_dir}: no samples"
     metrics = {
-        name: _by_step(samples, f"density.{name}")
+        name: _by_step(samples, name)
         for name in (
-            "time_to_ssh_s", "boot_failed", "vms_running", "lost_vms", "host_memory_fraction", "host_cpu_fraction",
-            "idle_host_cpu_fraction", "idle_vm_cpu_fraction", "vm_overhead_mib", "vm_overhead_private_mib",
-            "qemu_rss_mib", "harness_cpu_fraction", "harness_cpu_share", "host_load1",
+            dm.TIME_TO_SSH_S, dm.BOOT_FAILED, dm.VMS_RUNNING, dm.LOST_VMS, dm.HOST_MEMORY_FRACTION,
+            dm.HOST_CPU_FRACTION, dm.IDLE_HOST_CPU_FRACTION, dm.IDLE_VM_CPU_FRACTION, dm.VM_OVERHEAD_MIB,
+            dm.VM_OVERHEAD_PRIVATE_MIB, dm.QEMU_RSS_MIB, dm.HARNESS_CPU_FRACTION, dm.HARNESS_CPU_SHARE, dm.HOST_LOAD1,
         )
     }
 
@@ -58,30 +59,30 @@ def summarize(run_dir: Path) -> str:
         f"{'rss MiB':>7} {'harness':>7} {'h/busy':>6}"
     )
     lines.append(header)
-    keys = sorted(metrics["vms_running"])
+    keys = sorted(metrics[dm.VMS_RUNNING])
     for key in keys:
-        times = metrics["time_to_ssh_s"].get(key, []) + [float("inf")] * len(metrics["boot_failed"].get(key, []))
+        times = metrics[dm.TIME_TO_SSH_S].get(key, []) + [float("inf")] * len(metrics[dm.BOOT_FAILED].get(key, []))
         lines.append(
-            f"{key[0]:>4} {key[1]:>4} {one('vms_running', key, '{:.0f}'):>4} {percentile(times, 50):6.1f} "
+            f"{key[0]:>4} {key[1]:>4} {one(dm.VMS_RUNNING, key, '{:.0f}'):>4} {percentile(times, 50):6.1f} "
             f"{percentile(times, 95):6.1f} {max(times) if times else float('nan'):6.1f} "
-            f"{len(metrics['boot_failed'].get(key, [])):>4} {one('lost_vms', key, '{:.0f}'):>4} "
-            f"{one('host_memory_fraction', key):>5} {one('host_cpu_fraction', key):>8} "
-            f"{one('idle_host_cpu_fraction', key):>8} {one('idle_vm_cpu_fraction', key, '{:.3f}'):>7} "
-            f"{one('host_load1', key, '{:.1f}'):>5} {one('vm_overhead_mib', key, '{:.0f}'):>7} "
-            f"{one('vm_overhead_private_mib', key, '{:.0f}'):>8} {one('qemu_rss_mib', key, '{:.0f}'):>7} "
-            f"{one('harness_cpu_fraction', key, '{:.1%}'):>7} {one('harness_cpu_share', key, '{:.1%}'):>6}"
+            f"{len(metrics[dm.BOOT_FAILED].get(key, [])):>4} {one(dm.LOST_VMS, key, '{:.0f}'):>4} "
+            f"{one(dm.HOST_MEMORY_FRACTION, key):>5} {one(dm.HOST_CPU_FRACTION, key):>8} "
+            f"{one(dm.IDLE_HOST_CPU_FRACTION, key):>8} {one(dm.IDLE_VM_CPU_FRACTION, key, '{:.3f}'):>7} "
+            f"{one(dm.HOST_LOAD1, key, '{:.1f}'):>5} {one(dm.VM_OVERHEAD_MIB, key, '{:.0f}'):>7} "
+            f"{one(dm.VM_OVERHEAD_PRIVATE_MIB, key, '{:.0f}'):>8} {one(dm.QEMU_RSS_MIB, key, '{:.0f}'):>7} "
+            f"{one(dm.HARNESS_CPU_FRACTION, key, '{:.1%}'):>7} {one(dm.HARNESS_CPU_SHARE, key, '{:.1%}'):>6}"
         )
     for s in samples:
-        if s.metric == "density.primer_time_to_ssh_s":
+        if s.metric == dm.PRIMER_TIME_TO_SSH_S:
             lines.append(f"ramp {s.labels.get('ramp', '0')}: primer guest reached SSH in {s.value:.1f} s")
-        if s.metric == "density.stop_reason":
+        if s.metric == dm.STOP_REASON:
             lines.append(
                 f"ramp {s.labels.get('ramp', '0')}: stopped with {s.value:.0f} guests running: "
                 f"{s.labels.get('reason')} ({s.labels.get('detail', '')})"
             )
-        if s.metric == "density.capacity_vms":
+        if s.metric == dm.CAPACITY_VMS:
             lines.append(f"ramp {s.labels.get('ramp', '0')}: CAPACITY {s.value:.0f} guests")
-    harness = [v for vals in metrics["harness_cpu_fraction"].values() for v in vals]
+    harness = [v for vals in metrics[dm.HARNESS_CPU_FRACTION].values() for v in vals]
     if harness:
         lines.append(f"harness CPU: max {max(harness):.1%} of all cores per step (goal < 10 %)")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # fakekube
 
+from virtproof.instruments.quantiles import nearest_rank
 from virtproof.lab.kubevirt.connect import ConnectOptions, connect
 from virtproof.lab.kubevirt.informer import Informer
 from virtproof.lab.kubevirt.resources import RUN_LABEL, VM_LABEL, VMI, Kube
@@ -42,11 +43,6 @@ from fakekube.fixtures import open_platform
 from fakekube.store import now_rfc3339
 
 SENT = "bench.virtproof.io/sent"
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 def _vmi(name: str) -> dict[str, Any]:
@@ -137,7 +133,7 @@ def watch_bench(conn: Any, kubeconfig: str, events: int, vmis: int, rate: float 
         "events_per_s": len(delays) / wall if wall else 0.0,
         "handler_ms_per_event": 1000 * recorder.processing_s / max(1, recorder.handled),
         "client_wall_ms_per_event": 1000 * wall / max(1, len(delays)),
-        "delay_p50_ms": 1000 * _pct(delays, 50), "delay_p99_ms": 1000 * _pct(delays, 99),
+        "delay_p50_ms": 1000 * nearest_rank(delays, 50), "delay_p99_ms": 1000 * nearest_rank(delays, 99),
         "delay_max_ms": 1000 * max(delays),
     }
 

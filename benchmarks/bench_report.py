@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virtproof.core import density_metrics
 from virtproof.reports.results import RunDirectory
 
 # metric, unit, share of samples, label kind
@@ -30,7 +31,7 @@ METRICS = (
     ("migration.total_s", "s", 0.1, "policy"),
     ("migration.downtime_ms", "ms", 0.1, "policy"),
     ("migration.guest_downtime_ms", "ms", 0.1, "policy"),
-    ("density.time_to_ssh_s", "s", 0.1, "density"),
+    (density_metrics.TIME_TO_SSH_S, "s", 0.1, "density"),
     ("v2v.convert_throughput_mibps", "MiB/s", 0.05, "disk"),
 )
 

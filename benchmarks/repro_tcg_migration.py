@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtproof.core.ports import free_port
+
 QEMU = "qemu-system-x86_64"
 MIB = 1024 * 1024
 KERNEL_TROUBLE = re.compile(
@@ -122,13 +124,6 @@ class Qmp:
 
 
 # --- qemu ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def qemu_version() -> str:

@@ -1,4 +1,5 @@
-"""Processes on this host: alive or not, their command lines, and who owns a lab or a run.
+"""Processes on this host: alive or not, their command lines, found by command line, whether this
+one runs as root, and who owns a lab or a run.
 
 An owner is recorded as (pid, boot id, host name): a pid alone is reused after a reboot, and a
 run directory may be read on another machine.
@@ -38,6 +39,25 @@ def process_cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def processes_matching(marker: str, *, program: str = "") -> list[int]:
+    """Live processes on this host (this one excepted) whose command line carries ``marker`` and,
+    given ``program``, starts with it; by pid."""
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != me:
+            pid = int(entry.name)
+            cmd = process_cmdline(pid)
+            if cmd.startswith(program) and marker in cmd and pid_alive(pid):
+                found.append(pid)
+    return sorted(found)
+
+
+def is_root() -> bool:
+    """This process runs as root (effective uid 0): network namespaces, bridges and taps need it."""
+    return os.geteuid() == 0
 
 
 @dataclass(frozen=True)

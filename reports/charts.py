@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from virtproof.core import density_metrics
 from virtproof.reports.direction import better
 from virtproof.reports.frame import LABEL_PREFIX
 from virtproof.reports.stats import FloatArray, dimension_columns, select
@@ -286,9 +287,9 @@ def _by_running(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def density(df: pd.DataFrame) -> Chart | None:
-    ssh = _by_running(df, "density.time_to_ssh_s")
-    overhead = _by_running(df, "density.vm_overhead_mib")
-    capacity = select(df, "density.capacity_vms")
+    ssh = _by_running(df, density_metrics.TIME_TO_SSH_S)
+    overhead = _by_running(df, density_metrics.VM_OVERHEAD_MIB)
+    capacity = select(df, density_metrics.CAPACITY_VMS)
     if ssh.empty and overhead.empty and capacity.size == 0:
         return None
     fig = Figure(figsize=(8, 3.8))

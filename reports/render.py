@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from virtproof.core import density_metrics
 from virtproof.reports.charts import Chart
 from virtproof.reports.frame import LABEL_PREFIX, RunInfo
 from virtproof.reports.gates import GateResult
@@ -31,8 +32,8 @@ KEY_METRICS = (
     "migration.total_s",
     "migration.downtime_ms",
     "migration.guest_downtime_ms",
-    "density.capacity_vms",
-    "density.vm_overhead_mib",
+    density_metrics.CAPACITY_VMS,
+    density_metrics.VM_OVERHEAD_MIB,
 )
 
 

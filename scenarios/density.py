@@ -27,34 +27,22 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from virtproof.core import density_metrics as dm
+from virtproof.core.density_metrics import STEP_METRICS as STEP_METRICS  # what stop_when may name
+from virtproof.core.density_metrics import StepMetric as StepMetric
 from virtproof.scenarios.base import Strict, SuiteRunner, parse_mib
 
-# What a stop condition can look at, per step. Time-to-SSH statistics cover the step's own
-# guests; a guest that never answered counts as infinitely slow.
-StepMetric = Literal[
-    "p50_time_to_ssh_s",
-    "p95_time_to_ssh_s",
-    "max_time_to_ssh_s",
-    "failed_boots",
-    "lost_vms",
-    "host_memory_fraction",
-    "host_cpu_fraction",
-    "idle_host_cpu_fraction",
-    "harness_cpu_fraction",
-]
-STEP_METRICS: tuple[str, ...] = StepMetric.__args__  # type: ignore[attr-defined]
-
-# The ``density.stop_reason`` a broken condition reports (default: the metric's own name).
+# The ``density.stop_reason`` a broken condition reports.
 STOP_REASONS: dict[str, str] = {
-    "p50_time_to_ssh_s": "time_to_ssh",
-    "p95_time_to_ssh_s": "time_to_ssh",
-    "max_time_to_ssh_s": "time_to_ssh",
-    "failed_boots": "failed_boots",
-    "lost_vms": "lost_vms",
-    "host_memory_fraction": "host_memory",
-    "host_cpu_fraction": "host_cpu",
-    "idle_host_cpu_fraction": "host_cpu",
-    "harness_cpu_fraction": "harness_cpu",
+    dm.STEP_P50_TIME_TO_SSH_S: "time_to_ssh",
+    dm.STEP_P95_TIME_TO_SSH_S: "time_to_ssh",
+    dm.STEP_MAX_TIME_TO_SSH_S: "time_to_ssh",
+    dm.STEP_FAILED_BOOTS: "failed_boots",
+    dm.STEP_LOST_VMS: "lost_vms",
+    dm.STEP_HOST_MEMORY_FRACTION: "host_memory",
+    dm.STEP_HOST_CPU_FRACTION: "host_cpu",
+    dm.STEP_IDLE_HOST_CPU_FRACTION: "host_cpu",
+    dm.STEP_HARNESS_CPU_FRACTION: "harness_cpu",
 }
 
 

@@ -12,6 +12,22 @@ Layers (each top-level folder is one, installed as ``virtproof.<folder>``):
     suites       core, scenarios, instruments, reports, premigrate, and of lab only its seam:
                  virtproof.lab.platform and virtproof.lab.guest
     virtproof    everything (the front door: CLI, commands, the runner, pytest plugins)
+
+Why these arrows:
+
+- core is the neutral vocabulary (capabilities, the migration policy, errors and exit codes,
+  processes, the state directory, the density metric names) and imports nothing of ours, so any
+  layer may use it without pulling in anything else: scenarios import it because a scenario file
+  is written in that vocabulary (a migration ``mode`` is ``core.migration``'s, a ``stop_when``
+  metric ``core.density_metrics``'), and errors map to exit codes in one place.
+- suites run a scenario against a lab, so they read the scenario's sections (scenarios), speak
+  the shared vocabulary (core), measure (instruments), record samples (reports) and, in the V2V
+  suite, run the pre-migration validation product itself (premigrate) rather than a copy of it.
+  Of lab they see only the Platform seam, so a suite runs unchanged on every backend.
+
+Imports are read from the source, function-local ones included; relative imports are resolved
+against the file's package (from its path) and checked like the rest. ``test_no_import_cycles``
+refuses import cycles inside the package, module-level and function-local alike.
 """
 
 from __future__ import annotations
@@ -20,6 +36,8 @@ import ast
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("core", "scenarios", "instruments", "reports", "lab", "premigrate", "suites")
@@ -59,16 +77,44 @@ def layer_of_file(path: Path) -> str:
     return top if top in LAYERS else "front"
 
 
+def module_name(filename: str) -> str:
+    """The import name of a product file: ``lab/qemu/lab.py`` is ``virtproof.lab.qemu.lab``."""
+    path = Path(filename)
+    parts = list((path.relative_to(ROOT) if path.is_absolute() else path).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts if parts[0] == "virtproof" else ["virtproof", *parts])
+
+
+def absolute(node: ast.ImportFrom, filename: str) -> str:
+    """The module a ``from`` import names; a relative one resolved against the file's package."""
+    if node.level == 0:
+        return node.module or ""
+    package = module_name(filename).split(".")
+    if Path(filename).name != "__init__.py":
+        package.pop()  # a module's relative imports start from the package that holds it
+    if node.level > len(package):
+        raise ValueError(f"{filename}:{node.lineno}: relative import beyond the top-level package")
+    base = ".".join(package[: len(package) - node.level + 1])
+    return f"{base}.{node.module}" if node.module else base
+
+
+def imported(node: ast.AST, filename: str) -> list[str]:
+    """The modules one import statement names (none for any other node)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        module = absolute(node, filename)
+        # ``from virtproof.lab import qemu`` imports virtproof.lab.qemu
+        return [module, *(f"{module}.{alias.name}" for alias in node.names)]
+    return []
+
+
 def imports(source: str, filename: str) -> list[tuple[int, str]]:
-    """(line, module) of every import in ``source``, function-local ones included."""
+    """(line, module) of every import in ``source``, function-local and relative ones included."""
     found = []
     for node in ast.walk(ast.parse(source, filename)):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
-            # ``from virtproof.lab import qemu`` imports virtproof.lab.qemu
-            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+        found += [(node.lineno, module) for module in imported(node, filename)]
     return found
 
 
@@ -125,6 +171,108 @@ def test_the_checker_catches_arrows_the_wrong_way() -> None:
             assert found and expected in found[0], (layer, line, found)
     assert violations("suites", "suites/x.py", "from virtproof.lab.platform import VM\n") == []
     assert violations("front", "virtproof/x.py", "from virtproof.lab.qemu.lab import QemuLabHandle\n") == []
+
+
+def test_relative_imports_are_resolved_and_checked() -> None:
+    assert imports("from . import guest\n", "lab/platform.py") == [(1, "virtproof.lab"), (1, "virtproof.lab.guest")]
+    assert imports("from .platform import QemuPlatform\n", "lab/qemu/__init__.py")[0] == (
+        1, "virtproof.lab.qemu.platform")
+    found = violations("suites", "suites/engines/x.py", "from ...lab.qemu.platform import QemuPlatform\n")
+    assert found and "past the Platform seam" in found[0], found
+    assert violations("suites", "suites/engines/x.py", "from ...lab.platform import VM\n") == []
+    found = violations("reports", "reports/x.py", "from ..lab import platform\n")
+    assert found and "reports must not import lab" in found[0], found
+    with pytest.raises(ValueError, match="beyond the top-level package"):
+        imports("from .... import x\n", "lab/qemu/x.py")
+
+
+def runtime_imports(tree: ast.Module, filename: str, *, function_local: bool) -> set[str]:
+    """What importing the module imports: its module-level imports (and, with ``function_local``,
+    those inside functions too), not those under ``if TYPE_CHECKING:``, which never run."""
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt] | list[ast.AST]) -> None:
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and not function_local:
+                continue
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(list(node.orelse))
+                continue
+            found.update(imported(node, filename))
+            visit(list(ast.iter_child_nodes(node)))
+
+    visit(list(tree.body))
+    return found
+
+
+def import_graph(*, function_local: bool) -> dict[str, set[str]]:
+    """Each product module and the product modules it imports (a name resolved to the deepest
+    module that exists: ``from virtproof.lab.platform import VM`` is an arrow to lab.platform)."""
+    files = {module_name(p.relative_to(ROOT).as_posix()): p for p in product_files()}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        rel = path.relative_to(ROOT).as_posix()
+        targets = set()
+        for name in runtime_imports(ast.parse(path.read_text(encoding="utf-8"), rel), rel,
+                                    function_local=function_local):
+            while name and name not in files:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected components of more than one module
+    (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("function_local", [False, True], ids=["module-level", "function-local-too"])
+def test_no_import_cycles(function_local: bool) -> None:
+    """No module of the package imports itself through others, not even from inside a function
+    (a deferred import that closes a cycle hides a layering knot; lab.images.micro and memcheck
+    once had one, over the cache directory, now ``lab.images.cacheroot``)."""
+    assert cycles(import_graph(function_local=function_local)) == []
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"d"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import virtproof.x\n"
+    source += "def f():\n    import virtproof.y\n"
+    tree = ast.parse(source)
+    assert runtime_imports(tree, "lab/z.py", function_local=False) == {"typing", "typing.TYPE_CHECKING"}
+    assert "virtproof.y" in runtime_imports(tree, "lab/z.py", function_local=True)
 
 
 def test_suites_probe_no_backend_attributes() -> None:

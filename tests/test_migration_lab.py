@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from virtproof.core.processes import pid_alive
 from virtproof.lab.guest import GuestSession, wait_for_banner
 from virtproof.lab.images.micro import GuestImage
 from virtproof.lab.platform import MigrationPolicy, PlatformError, VMSpec
@@ -59,7 +60,7 @@ def test_l2_guest_keeps_its_address_and_state(lab: tuple[QemuLabHandle, QemuPlat
     result = platform.migrate(vm, "node1", MigrationPolicy())
     assert result.ok, result
     assert (result.source, result.target, vm.node) == ("node0", "node1", "node1")
-    assert vm.process.pid != first_pid and vm.process.alive() and not _alive(first_pid)
+    assert vm.process.pid != first_pid and vm.process.alive() and not pid_alive(first_pid)
     assert vm.ssh_endpoint() == address
     assert _run(platform, vm, "cat /root/k; cat /sys/class/net/eth0/address") == f"kept\n{vm.process.cfg.nics[0].mac}"
     assert result.transferred_mib and result.downtime_ms is not None and result.total_s > 0
@@ -68,7 +69,7 @@ def test_l2_guest_keeps_its_address_and_state(lab: tuple[QemuLabHandle, QemuPlat
     ).stdout
     assert "vpt" not in taps, "the source's tap should be removed after the move"
     platform.delete_vm(vm)
-    assert not _alive(vm.process.pid)
+    assert not pid_alive(vm.process.pid)
 
 
 def test_user_network_guest_moves_its_forwards(lab: tuple[QemuLabHandle, QemuPlatform]) -> None:
@@ -134,7 +135,7 @@ def test_a_silent_destination_after_completion_is_waited_for_not_doubled(
     assert frozen, "the migration never reported completed"
     assert result.ok, result
     assert vm.process.pid == frozen[0] and vm.node == "node1"
-    assert not _alive(source_pid), "the completed source must not run on"
+    assert not pid_alive(source_pid), "the completed source must not run on"
     assert platform.migration_leftovers(vm) == []
     assert _run(platform, vm, "cat /root/k") == "before"
     platform.delete_vm(vm)
@@ -167,12 +168,3 @@ def test_teardown_leaves_nothing(
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert segment.bridge not in links
     assert leftovers(lab_id) == []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

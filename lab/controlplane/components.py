@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from virtproof.core.errors import LabUnavailable
-from virtproof.core.processes import pid_alive, process_cmdline
+from virtproof.core.processes import pid_alive, process_cmdline, processes_matching
 from virtproof.core.statedir import ensure_private_dir, state_root
+from virtproof.instruments.hostmetrics import MetricUnavailable, process_rss_mib
 from virtproof.lab.controlplane.build import ControlPlaneBuild
 from virtproof.lab.controlplane.pki import SERVICE_CIDR, Pki
 
@@ -435,14 +436,7 @@ def stop_pid(pid: int, grace_s: float = 3.0) -> None:
 
 def lab_processes(marker: str) -> list[int]:
     """Every process on this host whose command line carries ``marker`` (a lab directory)."""
-    me = os.getpid()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != me:
-            pid = int(entry.name)
-            if marker in process_cmdline(pid) and pid_alive(pid):
-                found.append(pid)
-    return sorted(found)
+    return processes_matching(marker)
 
 
 def stop_all(paths: LabPaths, names: Sequence[str]) -> list[str]:
@@ -464,9 +458,6 @@ def stop_all(paths: LabPaths, names: Sequence[str]) -> list[str]:
 def rss_mib(pid: int) -> float:
     """Resident memory of ``pid`` in MiB (0 when gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+        return process_rss_mib(pid)
+    except MetricUnavailable:
+        return 0.0

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from virtproof.lab.images.cacheroot import cache_root_default
 from virtproof.lab.images.debs import PackageError
 
 SOURCE = "vp-memcheck.c"
@@ -109,8 +110,6 @@ def cloud_init_write_files(binary: Path | None = None, cache_root: Path | None =
     Secret (``cloudInitNoCloud.secretRef``, Secrets hold up to 1 MiB).
     """
     if binary is None:
-        from virtproof.lab.images.micro import cache_root_default
-
         binary = build_binary(cache_root or cache_root_default())
     packed = gzip.compress(binary.read_bytes(), compresslevel=9, mtime=0)
     return {

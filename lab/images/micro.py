@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from virtproof.lab.images import cpio, memcheck
+from virtproof.lab.images.cacheroot import cache_root_default as cache_root_default  # where images are cached
 from virtproof.lab.images.debs import Deb, DebCache, PackageError, resolve_dependency, unpack
 from virtproof.lab.images.elf import interpreter, load_order, needed_libraries
 
@@ -271,13 +272,6 @@ def sources_digest() -> str:
                  memcheck.SOURCE, "memcheck-boot.sh", "cgi-memcheck.sh", "cgi-dmesg.sh"):
         h.update((HERE / name).read_bytes())
     return h.hexdigest()
-
-
-def cache_root_default() -> Path:
-    if os.environ.get("VIRTPROOF_CACHE"):
-        return Path(os.environ["VIRTPROOF_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "virtproof"
 
 
 def build_micro(cache_root: Path, *, rebuild: bool = False, progress: Progress = lambda _: None) -> GuestImage:

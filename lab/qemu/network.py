@@ -13,6 +13,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 
+from virtproof.core.processes import is_root
 from virtproof.lab.qemu.state import LabState, NetworkMode, NodeState, subnet_addresses, token
 
 
@@ -32,7 +33,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def netns_supported() -> str | None:
     """None if namespaces can be made here, else the reason they cannot."""
-    if os.geteuid() != 0:
+    if not is_root():
         return "network: netns needs root (use network: loopback)"
     probe = f"vp-probe-{os.getpid()}"
     proc = _ip("netns", "add", probe, check=False)

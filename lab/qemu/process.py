@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from virtproof.core.processes import pid_alive, process_cmdline
+from virtproof.core.processes import pid_alive, process_cmdline, processes_matching
 from virtproof.lab.qemu.qmp import QMPConnection, QMPFailure, QMPLoop
 
 QEMU = "qemu-system-x86_64"
@@ -330,10 +330,4 @@ def kill_by_pidfile(pidfile: Path, marker: str) -> int | None:
 
 def find_processes(marker: str) -> list[int]:
     """PIDs of qemu processes whose command line carries ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            cmd = process_cmdline(int(entry.name))
-            if cmd.startswith(QEMU) and marker in cmd:
-                found.append(int(entry.name))
-    return found
+    return processes_matching(marker, program=QEMU)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from virtproof.core.processes import boot_id, pid_alive
+from virtproof.core.processes import Owner
 from virtproof.core.statedir import state_root
 
 NetworkMode = Literal["netns", "loopback"]
@@ -66,7 +66,8 @@ class LabState:
         raise KeyError(f"lab {self.lab_id} has no node {name!r}; nodes: {[n.name for n in self.nodes]}")
 
     def owner_alive(self) -> bool:
-        return self.owner_boot_id == boot_id() and pid_alive(self.owner_pid)
+        # a lab's state lives on this host, and so does its owner
+        return Owner(self.owner_pid, self.owner_boot_id, os.uname().nodename).alive()
 
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Only the Platform protocol is used to create and delete guests (``create_vm`` from a bounded
 thread pool, the SSH banner through ``virtproof.lab.guest.wait_for_banner``); host measurements come from
 ``virtproof.instruments.hostmetrics`` and need the ``host_metrics`` capability (the VM's qemu pid, this host's
-/proc). Samples are recorded as they happen:
+/proc). Samples are recorded as they happen (names: ``virtproof.core.density_metrics``):
 
 - per guest: ``density.time_to_ssh_s`` (labels ``step``, ``vms_running``: the step's target),
   ``density.boot_failed``; per sampled guest ``density.vm_overhead_mib`` (qemu RSS minus the
@@ -32,6 +32,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from virtproof.core import density_metrics as dm
 from virtproof.instruments import hostmetrics as hm
 from virtproof.lab.guest import GuestSession, HostKeyMismatch, wait_for_banner
 from virtproof.lab.platform import (
@@ -156,8 +157,8 @@ class DensityRamp:
         self.outcome.stop_reason, self.outcome.detail = reason, detail
         self.outcome.capacity_vms = capacity(self.suite.stop_when, self.outcome.steps)
         labels = {"ramp": self.ramp, "reason": reason, "detail": detail[:200]}
-        self.record("density.stop_reason", len(running), "count", **labels)
-        self.record("density.capacity_vms", self.outcome.capacity_vms, "count", ramp=self.ramp, reason=reason)
+        self.record(dm.STOP_REASON, len(running), "count", **labels)
+        self.record(dm.CAPACITY_VMS, self.outcome.capacity_vms, "count", ramp=self.ramp, reason=reason)
         self.log(f"ramp {self.ramp}: stop ({reason}: {detail}); capacity {self.outcome.capacity_vms} guests")
 
     def _primer(self) -> None:
@@ -167,7 +168,7 @@ class DensityRamp:
             self._delete(boot.vm)
         if boot.time_to_ssh_s is not None:
             self.outcome.primer_time_to_ssh_s = boot.time_to_ssh_s
-            self.record("density.primer_time_to_ssh_s", boot.time_to_ssh_s, "s", ramp=self.ramp)
+            self.record(dm.PRIMER_TIME_TO_SSH_S, boot.time_to_ssh_s, "s", ramp=self.ramp)
         self.log(f"ramp {self.ramp}: primer {boot.time_to_ssh_s or boot.error}")
 
     def _step(self, index: int, target: int, earlier: list[VM]) -> tuple[StepStats, list[VM]]:
@@ -183,9 +184,9 @@ class DensityRamp:
         for boot in boots:
             if boot.time_to_ssh_s is not None:
                 times.append(boot.time_to_ssh_s)
-                self.record("density.time_to_ssh_s", boot.time_to_ssh_s, "s", vm=boot.name, **labels)
+                self.record(dm.TIME_TO_SSH_S, boot.time_to_ssh_s, "s", vm=boot.name, **labels)
             else:
-                self.record("density.boot_failed", 1, "count", vm=boot.name, reason=(boot.error or "")[:200], **labels)
+                self.record(dm.BOOT_FAILED, 1, "count", vm=boot.name, reason=(boot.error or "")[:200], **labels)
         lost = self._lost(earlier)
         for vm in lost:
             self._delete(vm)
@@ -195,20 +196,20 @@ class DensityRamp:
         lost_ids = {id(vm) for vm in lost}
         running = [vm for vm in earlier if id(vm) not in lost_ids]
         running += [b.vm for b in boots if b.vm is not None and b.time_to_ssh_s is not None]
-        self.record("density.vms_running", len(running), "count", **labels)
-        self.record("density.lost_vms", len(lost), "count", lost=",".join(v.name for v in lost)[:200], **labels)
+        self.record(dm.VMS_RUNNING, len(running), "count", **labels)
+        self.record(dm.LOST_VMS, len(lost), "count", lost=",".join(v.name for v in lost)[:200], **labels)
         fresh = [b.vm for b in boots if b.vm is not None and b.time_to_ssh_s is not None]
         self._overhead(fresh[: self.suite.overhead_samples], labels)
         mem = hm.host_memory()
-        self.record("density.host_memory_fraction", mem.used_fraction, "fraction", **labels)
-        self.record("density.host_cpu_fraction", boot_cpu.host_busy_fraction, "fraction", phase="boot", **labels)
+        self.record(dm.HOST_MEMORY_FRACTION, mem.used_fraction, "fraction", **labels)
+        self.record(dm.HOST_CPU_FRACTION, boot_cpu.host_busy_fraction, "fraction", phase="boot", **labels)
         idle_cpu = self._settle(running, labels)
         whole = hm.cpu_usage(start, hm.cpu_snapshot())
-        self.record("density.harness_cpu_fraction", whole.harness_fraction, "fraction", **labels)
-        self.record("density.harness_cpu_share", whole.harness_share_of_busy, "fraction", **labels)
-        self.record("density.harness_threads", self._peak_threads, "count", **labels)  # peak while booting
+        self.record(dm.HARNESS_CPU_FRACTION, whole.harness_fraction, "fraction", **labels)
+        self.record(dm.HARNESS_CPU_SHARE, whole.harness_share_of_busy, "fraction", **labels)
+        self.record(dm.HARNESS_THREADS, self._peak_threads, "count", **labels)  # peak while booting
         self._peak_threads = 0
-        self.record("density.host_load1", os.getloadavg()[0], "load", **labels)
+        self.record(dm.HOST_LOAD1, os.getloadavg()[0], "load", **labels)
         stats = StepStats(
             index,
             target,
@@ -347,10 +348,10 @@ class DensityRamp:
             # What the guest uses, as it sees it: its RAM except what it reports free (kernel
             # reservations count as used, so the overhead is a lower bound).
             guest_used = self.memory_mib - guest.free_kib / 1024
-            self.record("density.guest_used_mib", guest_used, "MiB", vm=vm.name, **labels)
-            self.record("density.vm_overhead_mib", qemu.rss_mib - guest_used, "MiB", vm=vm.name, **labels)
+            self.record(dm.GUEST_USED_MIB, guest_used, "MiB", vm=vm.name, **labels)
+            self.record(dm.VM_OVERHEAD_MIB, qemu.rss_mib - guest_used, "MiB", vm=vm.name, **labels)
             self.record(
-                "density.vm_overhead_private_mib", qemu.private_mib - guest_used, "MiB", vm=vm.name, **labels
+                dm.VM_OVERHEAD_PRIVATE_MIB, qemu.private_mib - guest_used, "MiB", vm=vm.name, **labels
             )
 
     def _guest_meminfo(self, vm: VM) -> hm.MemInfo:
@@ -379,12 +380,12 @@ class DensityRamp:
         after = hm.cpu_snapshot()
         usage = hm.cpu_usage(before, after)
         if self.suite.settle_s > 0:
-            self.record("density.idle_host_cpu_fraction", usage.host_busy_fraction, "fraction", **labels)
+            self.record(dm.IDLE_HOST_CPU_FRACTION, usage.host_busy_fraction, "fraction", **labels)
         if pids:
             vm_after = self._cpu_seconds(pids)
             spent = [vm_after[p] - vm_before[p] for p in pids if p in vm_before and p in vm_after]
             if spent and usage.wall_s > 0 and self.suite.settle_s > 0:
-                self.record("density.idle_vm_cpu_fraction", statistics.mean(spent) / usage.wall_s, "cores", **labels)
+                self.record(dm.IDLE_VM_CPU_FRACTION, statistics.mean(spent) / usage.wall_s, "cores", **labels)
             rss = []
             for pid in pids:
                 try:
@@ -392,7 +393,7 @@ class DensityRamp:
                 except hm.MetricUnavailable:
                     continue
             if rss:
-                self.record("density.qemu_rss_mib", statistics.mean(m.rss_mib for m in rss), "MiB", **labels)
+                self.record(dm.QEMU_RSS_MIB, statistics.mean(m.rss_mib for m in rss), "MiB", **labels)
                 self._per_vm_mib = statistics.mean(m.private_mib for m in rss)
         return usage.host_busy_fraction
 

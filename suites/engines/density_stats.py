@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from virtproof.core import density_metrics as dm
 from virtproof.instruments.quantiles import linear
 from virtproof.scenarios.density import StopCondition
 
@@ -41,22 +42,22 @@ class StepStats:
         return self.boot_times_s + (math.inf,) * self.failed_boots
 
     def values(self) -> dict[str, float]:
-        """Every step metric (``virtproof.scenarios.density.STEP_METRICS``) and its value in this step."""
+        """Every step metric (``virtproof.core.density_metrics.STEP_METRICS``) and its value in this step."""
         times = self.all_times_s
         return {
-            "p50_time_to_ssh_s": linear(times, 50),
-            "p95_time_to_ssh_s": linear(times, 95),
-            "max_time_to_ssh_s": max(times) if times else math.nan,
-            "failed_boots": float(self.failed_boots),
-            "lost_vms": float(self.lost_vms),
-            "host_memory_fraction": self.host_memory_fraction,
-            "host_cpu_fraction": self.host_cpu_fraction,
-            "idle_host_cpu_fraction": self.idle_host_cpu_fraction,
-            "harness_cpu_fraction": self.harness_cpu_fraction,
+            dm.STEP_P50_TIME_TO_SSH_S: linear(times, 50),
+            dm.STEP_P95_TIME_TO_SSH_S: linear(times, 95),
+            dm.STEP_MAX_TIME_TO_SSH_S: max(times) if times else math.nan,
+            dm.STEP_FAILED_BOOTS: float(self.failed_boots),
+            dm.STEP_LOST_VMS: float(self.lost_vms),
+            dm.STEP_HOST_MEMORY_FRACTION: self.host_memory_fraction,
+            dm.STEP_HOST_CPU_FRACTION: self.host_cpu_fraction,
+            dm.STEP_IDLE_HOST_CPU_FRACTION: self.idle_host_cpu_fraction,
+            dm.STEP_HARNESS_CPU_FRACTION: self.harness_cpu_fraction,
         }
 
     def value(self, metric: str) -> float:
-        """The value ``metric`` (a ``virtproof.scenarios.density.StepMetric``) had in this step."""
+        """The value ``metric`` (a ``virtproof.core.density_metrics.StepMetric``) had in this step."""
         try:
             return self.values()[metric]
         except KeyError:
