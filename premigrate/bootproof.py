@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtproof.core.ports import free_port
 from virtproof.lab.qemu.process import QemuProcess, die_with_parent, kill_all_started
 from virtproof.lab.qemu.qmp import QMPFailure, QMPLoop
 from virtproof.premigrate import cancel
@@ -85,12 +86,6 @@ def stop_all() -> int:
     from virtproof.premigrate.convert import kill_running_tools
 
     return kill_all_started() + kill_running_tools()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ssh_banner(port: int, wait: float = 0.25) -> str | None:
@@ -207,7 +202,7 @@ def boot_and_follow(
     expected = expected or {}
     cancel.check()
     model: DeviceModel = device_model(vm)
-    port = _free_port()
+    port = free_port()
     directory = _boot_dir(workdir)
     cfg = qemu_config(model, disk, fmt, directory, name=name, ssh_port=port, memory_mib=memory_mib)
     console = cfg.console_log
