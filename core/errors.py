@@ -2,7 +2,8 @@
 
 - ``UsageError`` (2): bad input from the user: a scenario, a path, a flag, a disk that is not one.
 - ``LabUnavailable`` (3): the lab or this host cannot do the work (qemu, libguestfs, KVM/TCG, a
-  cluster that is not reachable); a host problem is never reported as a verdict on a VM.
+  cluster that is not reachable, an unsafe state directory: ``statedir.StateDirError``); a host
+  problem is never reported as a verdict on a VM.
 - ``RunFailed`` (1): the work ran and something it checked failed.
 
 Anything else that escapes a command is a bug in virtproof, not bad input: it is never turned

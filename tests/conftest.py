@@ -9,7 +9,6 @@ session (exit status 1), listed at the end of the run.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from virtproof.core.processes import is_root
 from virtproof.core.statedir import default_state_root
 from virtproof.lab.images.micro import GuestImage
 from virtproof.lab.images.store import ImageStore
@@ -68,14 +68,14 @@ NOT_ROOT = "not root: network namespaces, bridges and taps need root"
 @pytest.fixture
 def root() -> None:
     """Skip (an allowed reason) unless running as root: namespaces, bridges and taps need it."""
-    if os.geteuid() != 0:
+    if not is_root():
         pytest.skip(NOT_ROOT)
 
 
 @pytest.fixture(scope="module")
 def module_root() -> None:
     """``root`` for module-scoped fixtures (a lab brought up once per module)."""
-    if os.geteuid() != 0:
+    if not is_root():
         pytest.skip(NOT_ROOT)
 
 
@@ -95,24 +95,44 @@ def virtproof_run(virtproof_cmd: list[str], project_root: Path, tmp_path: Path) 
 
 
 # --- the skip policy ---------------------------------------------------------------------
+# Held to tests/allowed_skips.py: skips at run time and at collection (a module-level
+# ``pytest.skip(..., allow_module_level=True)`` or ``pytest.importorskip``, which never reach
+# pytest_runtest_logreport). An xfail or an xpass is refused outright: a test that is expected
+# to fail proves nothing either.
 
 _refused_skips: list[str] = []
 
 
+def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and isinstance(report.longrepr, tuple):
-        reason = str(report.longrepr[2])
+    if hasattr(report, "wasxfail"):
+        outcome = "xpass" if report.passed else "xfail"
+        _refused_skips.append(f"{report.nodeid}: {outcome} ({report.wasxfail or 'no reason'}): xfail is not allowed")
+    elif report.skipped:
+        reason = _skip_reason(report)
         if not allowed(reason):
             _refused_skips.append(f"{report.nodeid}: {reason}")
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        reason = _skip_reason(report)
+        if not allowed(reason):
+            _refused_skips.append(f"{report.nodeid}: {reason} (at collection)")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _refused_skips and exitstatus == pytest.ExitCode.OK:
+    # NO_TESTS_COLLECTED: every module was skipped at collection
+    if _refused_skips and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _refused_skips:
-        terminalreporter.section("skips that are not allowed (tests/allowed_skips.py)", red=True)
+        terminalreporter.section("skips and xfails that are not allowed (tests/allowed_skips.py)", red=True)
         for line in _refused_skips:
             terminalreporter.write_line(line)

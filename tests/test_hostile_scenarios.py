@@ -1,11 +1,14 @@
-"""Hostile and broken scenario files: each gets one line naming the file and exit code 2, fast, in
-bounded memory, never a traceback or a hang; and text from outside is never terminal markup."""
+"""Hostile and broken scenario files: each gets one line naming the file and exit code 2, in
+bounded memory (1 GiB of address space), never a traceback or a hang (a case still running after
+60 s is reported as hung; nothing here times anything); and text from outside is never terminal
+markup."""
 
 from __future__ import annotations
 
 import os
 import resource
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,14 +69,27 @@ def _limited() -> None:
 def test_hostile_scenario_files_get_one_line_and_exit_2(tmp_path: Path, virtproof_cmd: list[str]) -> None:
     failures = []
     for name, (path, expected) in _hostile(tmp_path).items():
-        proc = subprocess.run(
-            [*virtproof_cmd, "validate", str(path)], capture_output=True, text=True, timeout=60, check=False,
-            preexec_fn=_limited,
-        )  # fmt: skip
+        try:
+            proc = subprocess.run(
+                [*virtproof_cmd, "validate", str(path)], capture_output=True, text=True, timeout=60, check=False,
+                preexec_fn=_limited,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            failures.append(f"{name}: still running after 60 s (a hang)")
+            continue
         lines = proc.stdout.strip().splitlines() + proc.stderr.strip().splitlines()
         if proc.returncode != 2 or len(lines) != 1 or str(path) not in lines[0] or expected not in lines[0]:
             failures.append(f"{name}: exit {proc.returncode}: {lines[-5:]}")
     assert failures == []
+
+
+def test_the_memory_bound_is_real() -> None:
+    """The control for the bound above: under it, 2 GiB cannot be had."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "bytearray(2 * 1024 ** 3)"], capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=_limited,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "MemoryError" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_bomb_in_memory_is_refused_before_validation() -> None:

@@ -3,11 +3,16 @@ repository, its ``virtproof`` validates, plans, compares and lists, with its pac
 
 from __future__ import annotations
 
+import ast
+import glob
 import json
 import subprocess
 import sys
+import tomllib
 import zipfile
+from importlib.metadata import packages_distributions
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,22 +32,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory, project_root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def clean_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
-    """A new virtualenv with the wheel installed and nothing of the repository.
-
-    Its third-party packages come from the development venv's site-packages, added as a plain
-    path (so that venv's .pth files, the editable-install hook among them, are not run): this
-    spares CI minutes of downloads while virtproof itself can only come from the wheel.
-    tests/test_layout.py checks separately that every import is a declared dependency."""
+    """A new virtualenv with only the wheel installed, its dependencies resolved by pip from the
+    package index as a user's install resolves them: nothing of the repository or the
+    development venv. (Minutes on a cold pip cache.)"""
     venv = tmp_path_factory.mktemp("venv")
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=300)
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    deps = next(p for p in sys.path if p.endswith("site-packages") and (Path(p) / "pydantic").is_dir())
-    (site / "dev-dependencies.pth").write_text(deps + "\n")
     proc = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-        capture_output=True, text=True, timeout=600,
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
+        capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    check = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "check"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout[-3000:]
     return venv
 
 
@@ -100,3 +103,62 @@ def test_the_installed_cli_works_away_from_the_repository(
         capture_output=True, text=True, check=True, cwd=tmp_path, timeout=60,
     )  # fmt: skip
     assert str(clean_venv) in json.loads(where.stdout), "virtproof.lab came from outside the clean venv"
+
+
+def _pyproject(project_root: Path) -> dict[str, Any]:
+    return tomllib.loads((project_root / "pyproject.toml").read_text())
+
+
+def _folder(package: str, package_dirs: dict[str, str], project_root: Path) -> Path:
+    """The repository folder of an installed package name, through pyproject's package-dir."""
+    parts = package.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = package_dirs.get(".".join(parts[:cut]))
+        if base is not None:
+            return project_root / base / Path(*parts[cut:])
+    raise AssertionError(f"{package}: not under any package-dir entry")
+
+
+def test_every_package_data_pattern_matches_a_file(project_root: Path) -> None:
+    config = _pyproject(project_root)["tool"]["setuptools"]
+    empty = []
+    for package, patterns in config["package-data"].items():
+        folder = _folder(package, config["package-dir"], project_root)
+        for pattern in patterns:
+            matched = [m for m in glob.glob(str(folder / pattern), recursive=True) if Path(m).is_file()]
+            if not matched:
+                empty.append(f"{package}: {pattern} (in {folder.relative_to(project_root)})")
+    assert empty == [], "package-data patterns that match no file"
+
+
+def _name(requirement: str) -> str:
+    for stop in "<>=!~[; ":
+        requirement = requirement.split(stop)[0]
+    return requirement.strip().lower().replace("_", "-")
+
+
+def test_every_third_party_import_of_the_tests_is_declared(project_root: Path) -> None:
+    """What the tests import themselves is in pyproject's dependencies or its dev extra (a test
+    must not lean on a package that only happens to come with another one)."""
+    project = _pyproject(project_root)["project"]
+    declared = {_name(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]}
+    tests = project_root / "tests"
+    local = {p.stem for p in tests.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+    owners = packages_distributions()
+    missing = []
+    for path in sorted([*tests.rglob("*.py"), project_root / "conftest.py"]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top in local or top == "virtproof":
+                    continue
+                dists = {_name(d) for d in owners.get(top, [top])}
+                if not dists & declared:
+                    missing.append(f"{path.relative_to(project_root)}:{node.lineno}: {module} ({', '.join(dists)})")
+    assert missing == [], "imported by the tests but not declared in pyproject"

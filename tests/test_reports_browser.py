@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websocket  # websocket-client (pyproject's dev extra)
 
 from virtproof.reports.compare import render_comparison
 from virtproof.reports.finalize import finalize_run
@@ -35,7 +36,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--no-first-run", "--disable-sync", "--remote-debugging-port=0",
          "--remote-allow-origins=*", "--window-size=1280,1600", "--hide-scrollbars"]
 
-websocket = pytest.importorskip("websocket", reason="websocket-client (a kubernetes dependency) is needed")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt install chromium)")
 
 # Runs in the page (DevTools evaluation is not subject to the page's CSP, and adds nothing to it).
