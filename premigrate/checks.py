@@ -184,6 +184,28 @@ def _firmware_findings(facts: GuestFacts, target: Target) -> list[Finding]:
     ]
 
 
+def secure_boot_findings(source_secure_boot: bool, facts: GuestFacts | None) -> list[Finding]:
+    """The source's Secure Boot setting (VMware's ``uefi.secureBoot.enabled``) against what is on
+    the disk. The VirtualMachine keeps the setting (``efi.secureBoot: true``, OVMF with
+    Microsoft's keys enrolled, as KubeVirt gives it); a boot loader that is not signed (no shim,
+    no Windows boot manager) is then refused by the firmware: the VM cannot boot."""
+    if not source_secure_boot or facts is None or facts.firmware != "uefi" or facts.secure_boot_ready:
+        return []
+    loaders = ", ".join(facts.efi_loaders[:4]) or "no EFI binaries"
+    return [
+        Finding(
+            "secure-boot-unsigned-loader",
+            "critical",
+            f"the source VM has Secure Boot on, but the EFI system partition has no signed shim or Windows "
+            f"boot manager ({loaders}): the VirtualMachine, generated with efi.secureBoot: true, "
+            "would not boot (the firmware refuses an unsigned boot loader)",
+            "turn Secure Boot off in the source VM before the move (the VM is then generated with "
+            "secureBoot: false), or install the signed shim and boot loader in the guest (shim-signed, "
+            "grub-efi-amd64-signed on Debian)",
+        )
+    ]
+
+
 def _network_findings(facts: GuestFacts) -> list[Finding]:
     nics = [n for n in facts.nics if n.configures_ip]
     if not facts.nics:

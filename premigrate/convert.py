@@ -34,8 +34,9 @@ class Conversion:
         return self.virtual_mib / self.seconds if self.seconds > 0 else 0.0
 
 
-def _convert_argv(src: Path, src_fmt: str, dst: Path, dst_fmt: str) -> list[str]:
-    # -W: out-of-order writes; -U: do not take the source's lock (opened read-only anyway).
+def convert_argv(src: Path, src_fmt: str, dst: Path, dst_fmt: str) -> list[str]:
+    """Ours and the yardstick alike (like for like: the same flags, formats and file).
+    -W: out-of-order writes; -U: do not take the source's lock (opened read-only anyway)."""
     return ["qemu-img", "convert", "-U", "-W", "-f", src_fmt, "-O", dst_fmt, str(src), str(dst)]
 
 
@@ -81,19 +82,16 @@ def _run(argv: list[str], what: str, timeout: float) -> float:
 def qemu_img_convert(
     src: Path, src_fmt: str, dst: Path, dst_fmt: str, virtual_size: int, timeout: float = 1800
 ) -> Conversion:
-    seconds = _run(_convert_argv(src, src_fmt, dst, dst_fmt), "qemu-img convert", timeout)
+    seconds = _run(convert_argv(src, src_fmt, dst, dst_fmt), "qemu-img convert", timeout)
     return Conversion(dst, dst_fmt, seconds, virtual_size / MIB)
 
 
 def bare_convert_seconds(src: Path, src_fmt: str, dst_fmt: str, scratch: Path, timeout: float = 1800) -> float:
-    """The yardstick: the same ``qemu-img convert`` straight to a scratch file, then removed."""
+    """The yardstick: the same ``qemu-img convert`` command (``convert_argv``), run plainly to a
+    scratch file, then removed."""
     out = scratch / f"bare.{dst_fmt}"
     try:
-        return _run(
-            ["qemu-img", "convert", "-U", "-W", "-f", src_fmt, "-O", dst_fmt, str(src), str(out)],
-            "bare qemu-img convert",
-            timeout,
-        )
+        return _run(convert_argv(src, src_fmt, out, dst_fmt), "bare qemu-img convert", timeout)
     finally:
         out.unlink(missing_ok=True)
 

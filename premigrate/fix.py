@@ -213,6 +213,45 @@ def _rebuild_initramfs(
     del bus
 
 
+def prepare_for_virt_v2v(disk: Path, fmt: str, facts: GuestFacts) -> tuple[str, ...]:
+    """What virt-v2v needs and does not do itself, done on the copy it converts. On UEFI, virt-v2v
+    (2.2, and upstream since) looks for GRUB's configuration only under /boot/efi/EFI
+    (convert/linux_bootloaders.ml) and stops with "no bootloader detected" when GRUB was
+    installed without one there (grub-install without Debian's signed GRUB packages): the ESP gets
+    the stub those packages put there, which reads the real configuration (virt-v2v then writes
+    its grub-mkconfig output over it; GRUB itself reads the configuration its image names)."""
+    if facts.firmware != "uefi" or facts.boot.loader != "grub" or facts.esp_grub_configs or not facts.boot.config_path:
+        return ()
+    mounts = {m.mountpoint: m for m in facts.mounts}
+    esp = mounts.get("/boot/efi")
+    holder = (
+        mounts.get("/boot") if facts.boot.config_path.startswith("/boot/") and "/boot" in mounts else mounts.get("/")
+    )
+    if esp is None or holder is None:
+        return ()  # virt-v2v says what it misses
+    grub_dir = next(
+        (
+            p.rsplit("/", 1)[0]
+            for p in facts.efi_loaders
+            if p.lower().endswith("/grubx64.efi") and not p.upper().startswith("EFI/BOOT/")
+        ),
+        "EFI/BOOT",
+    )
+    prefix = facts.boot.config_path.rsplit("/", 1)[0]
+    if holder.mountpoint != "/":
+        prefix = prefix.removeprefix(holder.mountpoint) or "/"
+    with open_guestfs([(disk, fmt, False)]) as g:
+        uuid = str(g.vfs_uuid(holder.device))
+        if not uuid:
+            raise FixError(f"{holder.device} has no UUID for GRUB's search")
+        g.mount(esp.device, "/")
+        g.mkdir_p(f"/{grub_dir}")
+        stub = f"search.fs_uuid {uuid} root\nset prefix=($root)'{prefix}'\nconfigfile $prefix/grub.cfg\n"
+        g.write(f"/{grub_dir}/grub.cfg", stub.encode())
+        g.umount_all()
+    return (f"/boot/efi/{grub_dir}/grub.cfg: GRUB stub reading {facts.boot.config_path}, for virt-v2v to find GRUB",)
+
+
 def apply_fixes(
     disk: Path, fmt: str, facts: GuestFacts, codes: set[str], bus: str, workdir: Path, *, initramfs: bool = True
 ) -> FixReport:

@@ -18,7 +18,7 @@ from virtproof.lab.kubevirt.schema import load_schemas
 from virtproof.premigrate import cancel, vmware
 from virtproof.premigrate import ova as ova_mod
 from virtproof.premigrate.bootproof import BootProof, boot_and_follow, prepare_overlay
-from virtproof.premigrate.checks import DiskBus, Target, findings_for
+from virtproof.premigrate.checks import DiskBus, Target, findings_for, secure_boot_findings
 from virtproof.premigrate.convert import (
     Conversion,
     ConversionError,
@@ -27,7 +27,7 @@ from virtproof.premigrate.convert import (
     virt_v2v_local,
 )
 from virtproof.premigrate.findings import Finding, sort_findings
-from virtproof.premigrate.fix import FixError, FixReport, apply_fixes
+from virtproof.premigrate.fix import FixError, FixReport, apply_fixes, prepare_for_virt_v2v
 from virtproof.premigrate.imagefile import BadSource, ImageFacts, image_facts, sha256_file
 from virtproof.premigrate.inspect import Inspection, inspect_disk
 from virtproof.premigrate.manifests import VmShape, build_manifests, k8s_name, virtual_machine, write_manifests
@@ -136,6 +136,8 @@ class SourceReport:
                 "agents": sorted(guest.agents),
                 "checksums": dict(guest.checksums),
                 "efi_loaders": list(guest.efi_loaders),
+                "esp_grub_configs": list(guest.esp_grub_configs),
+                "mounts": [{"mountpoint": m.mountpoint, "device": m.device, "fstype": m.fstype} for m in guest.mounts],
                 "secure_boot_ready": guest.secure_boot_ready,
                 "serial_console": guest.serial_console,
                 "windows": None if guest.windows is None else _windows_dict(guest),
@@ -303,8 +305,10 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
     inspection = inspect_disk(image)
     report.inspection = inspection
     report.timings["inspect"] = inspection.seconds
-    report.findings = sort_findings(findings_for(inspection, options.bus, options.target) + extra)
     guest = inspection.guest
+    if report.meta is not None:
+        extra += secure_boot_findings(report.meta.secure_boot, guest)
+    report.findings = sort_findings(findings_for(inspection, options.bus, options.target) + extra)
     if guest is not None and guest.os_type == "windows":
         _finish(report, None, path, extents, windows=True)
         return report
@@ -335,19 +339,21 @@ def validate_source(path: Path, workdir: Path, options: Options, progress: Progr
         _stage(progress, f"{name}: fixing ({options.fix_method})")
         try:
             if options.fix_method == "v2v":
+                # virt-v2v converts our qcow2 copy (the source's bytes, already read by qemu-img
+                # with its format given), so what it needs first can be done on that copy.
+                t0 = time.monotonic()
+                before = prepare_for_virt_v2v(output, "qcow2", guest)
+                prepared_s = time.monotonic() - t0
                 v2v_dir = workdir / "v2v"
                 v2v_dir.mkdir()
-                v2v_kind = "ova" if kind == "ova" else "disk"
-                converted, report.v2v_s = virt_v2v_local(
-                    path if kind == "ova" else disk, v2v_kind, v2v_dir, name, input_format=image.format
-                )
+                converted, report.v2v_s = virt_v2v_local(output, "disk", v2v_dir, name, input_format="qcow2")
                 shutil.move(str(converted), output)
                 report.timings["virt_v2v"] = report.v2v_s
                 report.fix = apply_fixes(output, "qcow2", guest, codes, options.bus, workdir, initramfs=False)
                 report.fix = FixReport(
-                    report.fix.applied + ("virt-v2v: virtio drivers installed",),
+                    before + report.fix.applied + ("virt-v2v: virtio drivers installed",),
                     report.fix.resolved | {c for c in codes if c.startswith("initramfs-missing-")},
-                    report.fix.seconds + report.v2v_s,
+                    report.fix.seconds + report.v2v_s + prepared_s,
                 )
             else:
                 report.fix = apply_fixes(output, "qcow2", guest, codes, options.bus, workdir)

@@ -87,6 +87,18 @@ def _manifest(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return dv, vm
 
 
+def _assert_layout(report: dict[str, Any], firmware: str) -> None:
+    """The fixture's traits as inspection mounted them: BIOS is LVM root + a separate ext4 /boot,
+    UEFI an XFS root + the ESP (vfat) at /boot/efi."""
+    mounts = {m["mountpoint"]: (m["device"], m["fstype"]) for m in report["guest"]["mounts"]}
+    assert report["guest"]["firmware"] == firmware, mounts
+    if firmware == "bios":
+        assert mounts["/"] in (("/dev/vg0/root", "ext4"), ("/dev/mapper/vg0-root", "ext4")), mounts
+        assert mounts["/boot"] == ("/dev/sda1", "ext4") and set(mounts) == {"/", "/boot"}, mounts
+    else:
+        assert mounts == {"/": ("/dev/sda2", "xfs"), "/boot/efi": ("/dev/sda1", "vfat")}, mounts
+
+
 def test_clean_grub_bios_uefi_and_ova_are_ready_for_kubevirt(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,6 +121,8 @@ def test_clean_grub_bios_uefi_and_ova_are_ready_for_kubevirt(
     b, u = out[bios.name], out[uefi.name]
     assert b["image"]["format"] == "vmdk" and b["guest"]["firmware"] == "bios"
     assert any(line.startswith("/dev/mapper/vg0-root /") for line in b["guest"]["fstab"])
+    _assert_layout(b, "bios")
+    _assert_layout(u, "uefi")
     assert u["guest"]["firmware"] == "uefi" and "EFI/BOOT/BOOTX64.EFI" in u["guest"]["efi_loaders"]
     assert not u["guest"]["secure_boot_ready"] and u["boot"]["devices"].startswith("q35, UEFI (OVMF)")
     assert "OVMF_CODE_4M.fd" in " ".join(u["boot"]["qemu_argv"])
@@ -145,6 +159,7 @@ def test_vmware_twins_are_not_ready_and_say_where_the_boot_stopped(
     for name, nic_code in ((bios.name, "network-name-pinned"), (uefi.name, "network-mac-bound")):
         report = out[name]
         assert report["verdict"] == "blocked", report["reasons"]
+        _assert_layout(report, "bios" if name == bios.name else "uefi")
         assert {"initramfs-missing-virtio_blk", "initramfs-missing-virtio_pci", "fstab-device-name", nic_code} <= (
             _codes(report)
         )
@@ -168,11 +183,11 @@ def test_vmware_twins_are_not_ready_and_say_where_the_boot_stopped(
 
 @pytest.mark.parametrize("method", ["native", "v2v"])
 def test_vmware_twins_are_ready_after_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str) -> None:
-    """``--fix`` by native fixes (both twins) and by virt-v2v (the BIOS twin: one real conversion,
-    about 3 minutes of it rebuilding the initramfs in the TCG appliance)."""
-    sources = [fixture_path("grub-bios-vmware", "vmdk")]
-    if method == "native":
-        sources.append(fixture_path("grub-uefi-vmware"))
+    """``--fix`` by native fixes and by virt-v2v, both twins each time (the two virt-v2v
+    conversions, about 3 minutes each on an idle machine, most of it rebuilding the initramfs in
+    the TCG appliance, run side by side: one source per core). The UEFI twin keeps its ESP and
+    boots under OVMF; virt-v2v needs GRUB's configuration on the ESP, which the copy gets first."""
+    sources = [fixture_path("grub-bios-vmware", "vmdk"), fixture_path("grub-uefi-vmware")]
     outdir = tmp_path / "fixed"
     code, out = _premigrate(
         tmp_path, capsys, *map(str, sources), "--fix", str(outdir), "--fix-method", method, "--no-bare"
@@ -187,6 +202,11 @@ def test_vmware_twins_are_ready_after_fix(tmp_path: Path, capsys: pytest.Capture
         assert (outdir / f"{report['name']}.qcow2").exists() and (outdir / f"{report['name']}.verdict.json").exists()
         if method == "v2v":
             assert report["timings_s"]["virt_v2v"] > 0
+    uefi = out[sources[1].name]
+    assert uefi["boot"]["devices"].startswith("q35, UEFI (OVMF)") and "firmware" in uefi["boot"]["stages"]
+    assert "network-mac-bound" not in {r.split(":")[0] for r in uefi["reasons"]}
+    if method == "v2v":
+        assert "/boot/efi/EFI/debian/grub.cfg: GRUB stub" in uefi["fixes"][0], uefi["fixes"]
     assert code == 0
 
 

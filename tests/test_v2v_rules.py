@@ -13,7 +13,7 @@ import pytest
 
 from virtproof.premigrate import netconfig
 from virtproof.premigrate.bootproof import BootProof
-from virtproof.premigrate.checks import findings_for, guest_findings
+from virtproof.premigrate.checks import findings_for, guest_findings, secure_boot_findings
 from virtproof.premigrate.findings import Finding
 from virtproof.premigrate.imagefile import BadSource, ImageFacts, image_facts
 from virtproof.premigrate.initramfs import InitramfsError, list_initramfs, module_names
@@ -21,6 +21,7 @@ from virtproof.premigrate.inspect import BootEntry, FstabEntry, GuestFacts, Insp
 from virtproof.premigrate.ova import open_ova, ova_findings, parse_ovf
 from virtproof.premigrate.probe import parse_probe, probe_script
 from virtproof.premigrate.verdict import decide
+from virtproof.premigrate.vmware import parse_vmx, vmx_meta
 
 # --- initramfs ----------------------------------------------------------------------------
 
@@ -289,6 +290,28 @@ def test_verdicts() -> None:
     assert decide([], _boot(), source_unchanged=False).verdict == "blocked"
     unsupported = decide([Finding("unsupported-os", "critical", "Windows")], None)
     assert unsupported.verdict == "blocked" and unsupported.unsupported
+
+
+def test_secure_boot_on_with_an_unsigned_boot_loader_is_never_ready() -> None:
+    """A .vmx with Secure Boot on, a disk whose ESP has GRUB but no signed shim: the VM generated
+    with efi.secureBoot: true cannot boot; flagged whatever the boot proof shows."""
+    meta = vmx_meta(parse_vmx('firmware = "efi"\nuefi.secureBoot.enabled = "TRUE"\n'), "web01.vmx")
+    grub = ("EFI/BOOT/BOOTX64.EFI", "EFI/debian/grubx64.efi")
+    [finding] = secure_boot_findings(meta.secure_boot, _facts(firmware="uefi", efi_loaders=grub))
+    assert (finding.code, finding.severity, finding.fixable) == ("secure-boot-unsigned-loader", "critical", False)
+    assert "EFI/BOOT/BOOTX64.EFI" in finding.message and "Secure Boot off" in finding.fix
+    assert secure_boot_findings(False, _facts(firmware="uefi", efi_loaders=grub)) == []
+    signed = _facts(firmware="uefi", efi_loaders=(*grub, "EFI/debian/shimx64.efi"))
+    assert secure_boot_findings(True, signed) == []
+    windows = _facts(firmware="uefi", efi_loaders=("EFI/Microsoft/Boot/bootmgfw.efi",))
+    assert secure_boot_findings(True, windows) == []
+    assert secure_boot_findings(True, _facts(firmware="bios")) == secure_boot_findings(True, None) == []
+    # The firmware refuses the loader: blocked, the finding named as the cause.
+    refused = decide([finding], _boot(milestones={}, ssh_banner=None, network=None, checksums_ok=()))
+    assert refused.verdict == "blocked" and any(r.startswith("secure-boot-unsigned-loader:") for r in refused.reasons)
+    # A firmware that does not enforce Secure Boot booted it: still not ready.
+    booted = decide([finding], _boot())
+    assert booted.verdict == "needs-fixes" and booted.reasons[0].startswith("secure-boot-unsigned-loader:")
 
 
 # --- probe ------------------------------------------------------------------------------------
