@@ -86,7 +86,8 @@ def _run(host: str, port: int, out: Path, mode: ProbeMode, interval: float, time
                 if code not in (0, errno.EINPROGRESS):
                     sel.register(sock, selectors.EVENT_WRITE, probe)
                     inflight[sock.fileno()] = probe
-                    finish(probe, None, f"error-{errno.errorcode.get(code, code)}")
+                    status = "refused" if code == errno.ECONNREFUSED else f"error-{errno.errorcode.get(code, code)}"
+                    finish(probe, None, status)
                 else:
                     sel.register(sock, selectors.EVENT_WRITE, probe)
                     inflight[sock.fileno()] = probe

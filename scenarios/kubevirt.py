@@ -45,7 +45,11 @@ class ImageSource(Strict):
     http: str | None = Field(None, pattern=r"^https?://[^\s'\"`$;|&<>()\\]+$")
     user: str = Field("root", pattern=_USER)
     cloud_init: bool = True
-    disk_size: str = Field("1Gi", pattern=r"^\d+(Mi|Gi|Ti)$")
+    disk_size: str | None = Field(
+        None, pattern=r"^\d+(Mi|Gi|Ti)$",
+        description="an http image's DataVolume size; default: its virtual size (read from the image's header "
+        "at the URL) plus CDI's filesystem overhead; needed for gz/xz/zst-compressed images",
+    )
     storage_class: str | None = Field(None, pattern=_NAME, max_length=253)
     private_key: str | None = Field(None, description="for images without cloud-init: the login key")
     host_key: str | None = Field(None, description="for images without cloud-init: 'ssh-ed25519 AAAA...'")
@@ -69,6 +73,11 @@ class KubeAccess(Strict):
         None, pattern=_HOST, description="address to reach NodePorts on; default: each node's InternalIP"
     )
     require_cdi: bool = False
+    guest_network_reachable: bool = Field(
+        False, description="the guests' own addresses (VMI status.interfaces) are routable from the harness "
+        "(it runs in the pod network, or guests sit on a bridge/Multus network it reaches): the prober "
+        "also measures each guest directly, and the Service's lag behind it",
+    )
     images: dict[str, ImageSource] = Field(
         default_factory=lambda: {
             "micro": ImageSource(container_disk="quay.io/containerdisks/fedora:41", user="fedora")
@@ -101,6 +110,11 @@ class KindLab(KubeAccess):
     keep: bool = False
 
     _emulation = field_validator("emulation", mode="before")(classmethod(lambda cls, v: _on_off(v)))
+
+    @property
+    def schedulable_nodes(self) -> tuple[int, str]:
+        """How many nodes VMs can run on, and why: kind taints its control plane when it has workers."""
+        return self.workers, f"lab.workers: {self.workers}; the control plane is tainted"
 
 
 class KubeadmHost(Strict):
@@ -141,6 +155,15 @@ class KubeadmLab(KubeAccess):
         if len(planes) != 1:
             raise ValueError(f"needs exactly one host with role control-plane (has {len(planes)})")
         return self
+
+    @property
+    def schedulable_nodes(self) -> tuple[int, str]:
+        """How many nodes VMs can run on, and why: kubeadm taints the control plane; the lab
+        untaints it only when there is no worker (``virtproof.lab.clusters.kubeadm``)."""
+        workers = sum(1 for h in self.hosts if h.role == "worker")
+        if workers:
+            return workers, f"{workers} worker host(s) in lab.hosts; the control plane is tainted"
+        return 1, "lab.hosts has only the control plane"
 
 
 class ExistingLab(KubeAccess):

@@ -199,11 +199,13 @@ class MigrationSuite(SuiteRunner):
     def min_nodes(self) -> int:
         return PATTERN_MIN_NODES[self.pattern]
 
-    def check(self, nodes: int | None, memory_mib: int | None) -> None:
-        """ValueError if a lab of ``nodes`` nodes (None: unknown) or the guest size cannot run this."""
+    def check(self, nodes: int | None, memory_mib: int | None, why: str = "") -> None:
+        """ValueError if a lab of ``nodes`` nodes VMs can run on (None: unknown; ``why``: how the
+        scenario gives that many) or the guest size cannot run this."""
         if nodes is not None and nodes < self.min_nodes:
             raise ValueError(
                 f"migration: pattern {self.pattern} needs at least {self.min_nodes} nodes; the lab has {nodes}"
+                + (f" schedulable node{'' if nodes == 1 else 's'} ({why})" if why else "")
             )
         inject = self.inject_corruption
         if nodes is not None and inject is not None and inject.leg >= self.legs(nodes):

@@ -140,8 +140,10 @@ class Scenario(Strict):
     def _suites_fit_lab(cls, suites: Suites, info: ValidationInfo) -> Suites:
         lab, guest = info.data.get("lab"), info.data.get("guest")
         if suites.migration is not None:
-            nodes = lab.nodes if isinstance(lab, QemuLab | SimKubeVirtLab) else None
-            suites.migration.check(nodes, guest.memory if guest else None)
+            nodes, why = (lab.nodes, "") if isinstance(lab, QemuLab | SimKubeVirtLab) else (None, "")
+            if isinstance(lab, KindLab | KubeadmLab):  # an existing cluster's nodes are known only at run time
+                nodes, why = lab.schedulable_nodes
+            suites.migration.check(nodes, guest.memory if guest else None, why)
         return suites
 
 

@@ -42,24 +42,24 @@ from virtproof.lab.platform import (
     Platform,
     feature,
     policy_label,
-    require,
 )
 from virtproof.scenarios.migration import MigrationSuite
 from virtproof.scenarios.model import Scenario
 from virtproof.suites.engines.convergence import run_sweep
 from virtproof.suites.engines.integrity import defect_cause
 from virtproof.suites.engines.migration import (
-    SETTLE_S,
     GuestTrouble,
     GuestUnderTest,
     MoveContext,
     check_same_guest,
     evacuate,
     inject_corruption,
+    migration_unavailable,
     most_at_once,
     plan,
     record_move,
     run_wave,
+    settle_probers,
     start_guest,
     start_probers,
     stop_guest,
@@ -96,8 +96,10 @@ def migratable(platform: Platform, suite: MigrationSuite) -> MigratablePlatform:
         needed.append(Capability.MIGRATION_DOWNTIME_LIMIT)
     if suite.pattern == "evacuate":
         needed.append(Capability.NODE_DRAIN)
+    unavailable = migration_unavailable(platform, needed)
+    if unavailable is not None:
+        pytest.skip(unavailable)
     try:
-        require(platform, *needed)
         migratable = feature(platform, MigratablePlatform, Capability.LIVE_MIGRATION)
     except CapabilityMissing as exc:
         pytest.skip(str(exc))
@@ -165,7 +167,7 @@ def test_migration_round_trips(
                     moves = [m for m in moves if m.target != m.guest.vm.node]
                     done = run_wave(migratable, moves, policy, parallel)
                     wave_label = label
-                time.sleep(SETTLE_S)
+                settle_probers([(move.guest.probers.values(), result) for move, result in done])
             finally:
                 stop_probers(guests)
             inject = suite.inject_corruption

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,12 +34,21 @@ from virtproof.lab.kubevirt import cleanup
 from virtproof.lab.kubevirt.config import ImageConfig, KubeVirtConfig
 from virtproof.lab.kubevirt.connect import ConnectOptions, connect
 from virtproof.lab.kubevirt.manifests import DiskSource, virtual_machine
-from virtproof.lab.kubevirt.platform import KubeVirtPlatform
+from virtproof.lab.kubevirt.platform import KubeVirtPlatform, KubeVirtVM
 from virtproof.lab.kubevirt.preflight import ClusterNotReady, PermissionsMissing
-from virtproof.lab.kubevirt.resources import MIGRATION_POLICY, VM, VMI, VMIM
-from virtproof.lab.platform import Capability, CapabilityMissing, MigrationPolicy, PlatformError, VMSpec
-from virtproof.reports.results import new_run_id
+from virtproof.lab.kubevirt.resources import MIGRATION_POLICY, VM, VM_LABEL, VMI, VMIM
+from virtproof.lab.platform import (
+    Capability,
+    CapabilityMissing,
+    MigrationPolicy,
+    MigrationResult,
+    PlatformError,
+    Timeline,
+    VMSpec,
+)
+from virtproof.reports.results import Sample, SampleSink, new_run_id, read_samples
 from virtproof.scenarios.model import Scenario
+from virtproof.suites.engines.migration import migration_unavailable
 
 from controlplane_support import control_plane
 
@@ -182,7 +192,9 @@ def _identity(lab: Lab, name: str, rules: list[dict[str, Any]], directory: Path)
 
 # -- boot -----------------------------------------------------------------------------------
 
-def test_boot_timeline_comes_from_watch_events_in_kubevirt_phase_order(platform: KubeVirtPlatform) -> None:
+def test_boot_timeline_comes_from_watch_events_in_kubevirt_phase_order(
+    platform: KubeVirtPlatform, tmp_path: Path
+) -> None:
     vm = platform.create_vm(VMSpec(name="boot-1", memory_mib=256))
     running = platform.wait_running(vm, 120)
     assert running.name == "running" and running.source == "platform"
@@ -209,9 +221,38 @@ def test_boot_timeline_comes_from_watch_events_in_kubevirt_phase_order(platform:
     latencies = platform.vm_latencies()
     assert set(latencies) == {"boot-1"} and len(latencies["boot-1"]) >= 6
     assert int(latencies["boot-1"]["VMIRunning"]) == quantiles["VMIRunning"].p50  # whole ms, like kube-burner
+    # kube-burner's VMReady: when the harness saw the VM Ready (kube-burner handleUpdateVM's
+    # time.Now(), pkg/measurements/vmi_latency.go), from the VM's creationTimestamp; never the
+    # Ready condition's own lastTransitionTime. Our VMI Ready time keeps its own name.
+    seen = vm.timeline.get("vm_ready_observed") or vm.timeline.get("vm_ready")
+    assert seen is not None and seen.source == "harness" and seen.clock == "local"
+    assert vm.record.vm_created is not None
+    assert latencies["boot-1"]["VMReady"] == round((seen.timestamp - vm.record.vm_created) * 1000, 3)
+    assert "VMIReady" not in latencies["boot-1"] and vm.timeline.get("vmi_ready") is not None
+    # ... and what the suites record of them at the end of a session (suites/conftest.py's
+    # platform_latencies fixture, driven here without a suite session)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    samples = _recorded_platform_latencies(platform, run_dir)
+    assert len(samples) == len(latencies["boot-1"]) >= 6
+    running = [s for s in samples if s.metric == "vmi_latency.VMIRunning_ms"]
+    assert [(int(s.value), s.unit) for s in running] == [(quantiles["VMIRunning"].p50, "ms")], running
+    assert running[0].labels.items() >= {"vm": "boot-1", "time_source": "platform"}.items(), running[0].labels
     platform.delete_vm(vm)
     assert vm.record.vmi_deleted
     platform.delete_vm(vm)  # idempotent
+
+
+def _recorded_platform_latencies(platform: KubeVirtPlatform, run_dir: Path) -> list[Sample]:
+    """The samples suites/conftest.py's ``platform_latencies`` records after a session, with its
+    ``record`` fixture: the fixtures' own functions (imported here, not as fixtures of this module)."""
+    from virtproof.suites import conftest as suite_fixtures
+
+    record = suite_fixtures.record.__wrapped__(SampleSink(run_dir), platform)
+    session = suite_fixtures.platform_latencies.__wrapped__(platform, record)
+    next(session)  # the suite session would run here
+    next(session, None)  # its end: the platform's latencies become samples
+    return read_samples(run_dir).samples
 
 
 def test_api_request_counts_come_from_the_api_servers_own_metrics(platform: KubeVirtPlatform) -> None:
@@ -347,6 +388,130 @@ def test_evacuate_cordons_evicts_and_kubevirt_migrates(lab: Lab, platform: KubeV
                                                                                              platform.namespace))
 
 
+def _vm_not_made_by_create_vm(platform: KubeVirtPlatform, spec: VMSpec,
+                              change: Callable[[dict[str, Any]], None]) -> KubeVirtVM:
+    """A VM whose template differs from what ``create_vm`` sends (``change`` edits its
+    ``spec.template.spec``), tracked by the platform like one of its own; nothing else differs."""
+    body = platform.manifest_for(spec)
+    change(body["spec"]["template"]["spec"])
+    timeline = Timeline()
+    record = platform.recorder.track(spec.name, timeline)
+    timeline.add("created", time.time(), "harness")
+    platform.kube.create(VM, body, platform.namespace)
+    vm = KubeVirtVM(spec, timeline, record, platform, 0, 0)
+    platform.vms[spec.name] = vm
+    return vm
+
+
+def test_a_migration_that_fails_before_the_hand_off_ends_on_its_failed_phase(
+        lab: Lab, platform: KubeVirtPlatform) -> None:
+    """virt-controller fails a migration whose target pod stays unschedulable past
+    ``kubevirt.io/migrationUnschedulablePodTimeoutSeconds`` (default 5 min): it deletes the target
+    pod (handlePendingPodTimeout, deleteTimedOutTargetPod) and marks the migration Failed ("Migration
+    target pod was removed during active migration", updateStatus; KubeVirt v1.9.0
+    pkg/virt-controller/watch/migration/migration.go). Nothing reaches the VMI's migrationState: the
+    wait must end on the migration object's Failed phase, not at the policy's timeout."""
+    vm = platform.create_vm(VMSpec(name="prefail-1"))
+    platform.wait_running(vm, 120)
+    source = vm.node
+    target = next(n for n in platform.nodes() if n != source)
+    filler = {"metadata": {"name": "filler", "labels": {"virtproof.io/test": "filler"}},
+              "spec": {"nodeName": target, "containers": [{
+                  "name": "c", "image": "registry.invalid/filler",
+                  "resources": {"requests": {"cpu": "31900m", "memory": "127Gi"}}}]}}
+    lab.core.create_namespaced_pod(platform.namespace, filler)
+    timeout_s = 240.0
+    outcome: list[MigrationResult] = []
+    try:
+        started = time.monotonic()
+        mover = threading.Thread(target=lambda: outcome.append(
+            platform.migrate(vm, target, MigrationPolicy(timeout_s=timeout_s))))
+        mover.start()
+        name = "prefail-1-mig-1"
+        _wait("the migration object", lambda: platform.kube.get(VMIM, name, platform.namespace), 60)
+        # KubeVirt's own per-migration timeout for an unschedulable target pod, shortened to 1 s
+        lab.custom.patch_namespaced_custom_object(
+            VMIM.group, VMIM.version, platform.namespace, VMIM.plural, name,
+            {"metadata": {"annotations": {"kubevirt.io/migrationUnschedulablePodTimeoutSeconds": "1"}}})
+        mover.join(timeout_s + 90)
+        elapsed = time.monotonic() - started
+    finally:
+        lab.core.delete_namespaced_pod("filler", platform.namespace, grace_period_seconds=0)
+    assert outcome, "migrate() did not return"
+    result = outcome[0]
+    assert elapsed < timeout_s / 2, f"the wait ran {elapsed:.0f} s of its {timeout_s:.0f} s timeout: {result}"
+    assert not result.ok and result.error is not None
+    assert re.search(r"migration prefail-1-mig-1 Failed before the hand-off after phase (Scheduling|Pending)",
+                     result.error), result.error
+    assert "cancelled" not in result.error and "not finished" not in result.error  # not the timeout path
+    vmim = platform.kube.get(VMIM, name, platform.namespace)
+    assert vmim is not None and vmim["status"]["phase"] == "Failed"
+    assert vm.node == source and platform.wait_running(vm, 5).name == "running" and vm.alive()
+
+
+def test_evictions_that_start_no_migration_end_the_evacuation_at_once(lab: Lab, platform: KubeVirtPlatform) -> None:
+    """Three launcher pods on node0 whose eviction starts no live migration, each answered its own
+    way by the real API server, and an evacuation that ends at once with each reason:
+
+    - a VMI that cannot live-migrate (pod network through ``bridge``: InterfaceNotLiveMigratable)
+      with evictionStrategy LiveMigrate: virt-api's pod-eviction admitter answers 429 "... is not
+      live-migratable" (KubeVirt v1.9.0 pkg/virt-api/webhooks/validating-webhook/admitters/
+      pod-eviction-admitter.go admitLauncherPod);
+    - evictionStrategy None under a PodDisruptionBudget: the admitter lets it through and the
+      eviction REST handler answers 429 "Cannot evict pod as it would violate the pod's disruption
+      budget." with a DisruptionBudget cause (Kubernetes pkg/registry/core/pod/storage/eviction.go
+      checkAndDecrement; admission runs first, so a LiveMigrate VMI never meets its PDB);
+    - evictionStrategy None without a PDB: 201, the pod is deleted and the VMI stops.
+
+    Before, the last two read as "evacuation started" and the drain waited its full timeout.
+    (KubeVirt v1.9 makes no PDB of its own: its disruptionbudget controller only deletes the ones
+    older releases made, pkg/virt-controller/watch/drain/disruptionbudget.)"""
+    policy = client.PolicyV1Api(lab.admin)
+    def bridged(template: dict[str, Any]) -> None:
+        template["domain"]["devices"]["interfaces"] = [{"name": "default", "bridge": {}}]
+
+    def no_strategy(template: dict[str, Any]) -> None:
+        template["evictionStrategy"] = "None"
+
+    vms = [_vm_not_made_by_create_vm(platform, VMSpec(name="bridged-1", node="node0"), bridged),
+           _vm_not_made_by_create_vm(platform, VMSpec(name="budget-1", node="node0"), no_strategy),
+           _vm_not_made_by_create_vm(platform, VMSpec(name="plain-1", node="node0"), no_strategy)]
+    for vm in vms:
+        platform.wait_running(vm, 120)
+    assert [vm.node for vm in vms] == ["node0"] * 3
+    _wait("bridged-1 reported not live-migratable", lambda: any(
+        c.get("type") == "LiveMigratable" and c.get("status") == "False"
+        for c in (platform.kube.get(VMI, "bridged-1", platform.namespace) or {}).get("status", {}).get(
+            "conditions", [])))
+    pdb = {"metadata": {"name": "vp-budget"},
+           "spec": {"minAvailable": 1, "selector": {"matchLabels": {VM_LABEL: "budget-1"}}}}
+    policy.create_namespaced_pod_disruption_budget(platform.namespace, pdb)
+    try:
+        # kube-controller-manager's disruption controller has counted the launcher pod
+        _wait("the PDB's status", lambda: (policy.read_namespaced_pod_disruption_budget(
+            "vp-budget", platform.namespace).status.current_healthy or 0) == 1)
+        timeout_s = 240.0
+        started = time.monotonic()
+        results = {r.vm: r for r in platform.evacuate("node0", timeout=timeout_s)}
+        elapsed = time.monotonic() - started
+    finally:
+        policy.delete_namespaced_pod_disruption_budget("vp-budget", platform.namespace)
+    assert elapsed < timeout_s / 2, f"the evacuation ran {elapsed:.0f} s of its {timeout_s:.0f} s: {results}"
+    assert set(results) == {"bridged-1", "budget-1", "plain-1"} and not any(r.ok for r in results.values())
+    bridged, budget, plain = (results[n].error or "" for n in ("bridged-1", "budget-1", "plain-1"))
+    assert bridged.startswith("cannot live-migrate: ") and "is not live-migratable" in bridged, bridged
+    assert 'admission webhook "virt-launcher-eviction-interceptor.kubevirt.io"' in bridged, bridged
+    assert budget.startswith("eviction refused by a PodDisruptionBudget, so nothing moves: "), budget
+    assert "The disruption budget vp-budget needs 1 healthy pods and has 1 currently" in budget, budget
+    assert plain.startswith("evicted without a live migration: "), plain
+    assert not lab.core.read_node("node0").spec.unschedulable  # uncordoned again
+    for name in ("bridged-1", "budget-1"):  # refused: still running where they were, never marked
+        vmi = platform.kube.get(VMI, name, platform.namespace)
+        assert vmi is not None and vmi["status"]["nodeName"] == "node0" and vmi["status"]["phase"] == "Running"
+        assert not vmi["status"].get("evacuationNodeName") and not vmi["status"].get("migrationState"), vmi
+    assert platform.kube.list_objects(VMIM, platform.namespace) == []
+
+
 # -- preflight ------------------------------------------------------------------------------
 
 def test_missing_permissions_are_one_error_listing_all(lab: Lab, tmp_path: Path) -> None:
@@ -461,6 +626,11 @@ def test_single_node_cluster_has_no_live_migration(lab: Lab, tmp_path: Path) -> 
     with _cordoned(lab, "node1"), _platform(lab, tmp_path, "t-single") as p:
         assert Capability.LIVE_MIGRATION not in p.capabilities and Capability.BOOT in p.capabilities
         assert list(p.nodes()) == ["node0"]
+        # the migration suite's skip says why, not only which capability is missing
+        assert migration_unavailable(p, [Capability.LIVE_MIGRATION]) == (
+            "only one schedulable node (node0): live migration needs two (platform kubevirt lacks: live_migration)")
+    with _platform(lab, tmp_path, "t-two") as p:
+        assert migration_unavailable(p, [Capability.LIVE_MIGRATION]) is None
 
 
 def test_nodes_are_the_ones_kubevirt_schedules_on(lab: Lab, platform: KubeVirtPlatform) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,7 +16,13 @@ from virtproof.lab.clusters.handle import ClusterLabError, KubeVirtLabHandle
 from virtproof.lab.clusters.kind import kind_config
 from virtproof.lab.clusters.steps import LocalExecutor, Step, StepFailed, run_steps
 from virtproof.lab.factory import open_lab
+from virtproof.lab.images.cloudinit import workload_files
+from virtproof.lab.kubevirt import manifests
 from virtproof.lab.kubevirt import schema as kubevirt_schema
+from virtproof.lab.kubevirt.importer import DiskServer
+from virtproof.lab.kubevirt.keys import run_keys
+from virtproof.lab.platform import VMSpec
+from virtproof.scenarios.kubevirt import CDI_VERSION, KUBEVIRT_VERSION
 from virtproof.scenarios.model import ScenarioError, load_scenario, parse_scenario
 
 KIND = """name: k
@@ -188,3 +196,87 @@ def test_kubeadm_prerequisites_survive_a_reboot() -> None:
     lines = "\n".join(open_lab(load_scenario(Path("scenarios/kubeadm-kubevirt.yaml")).scenario, "plan-3").plan())
     assert "/etc/modules-load.d/90-virtproof-k8s.conf" in lines
     assert "/etc/fstab" in lines and "swapoff -a" in lines
+
+
+# -- the shipped scenarios against the release they pin (issue 12) ----------------------------
+SHIPPED = ("kind-kubevirt.yaml", "kubeadm-kubevirt.yaml", "existing.yaml")
+
+
+def _secret_checked(secret: dict[str, Any], schemas: kubevirt_schema.SchemaSet) -> dict[str, Any]:
+    """A cloud-init Secret: its metadata fits ObjectMeta (core v1 Secret is in neither bundled
+    document; test_kubevirt_openapi.py checks the whole object against a real server's), and its
+    user-data is #cloud-config YAML with the workloads' files; returns the parsed user-data."""
+    assert secret["apiVersion"] == "v1" and secret["type"] == "Opaque" and set(secret["stringData"]) == {"userdata"}
+    assert schemas.validate("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta", secret["metadata"]) == []
+    text = secret["stringData"]["userdata"]
+    assert text.startswith("#cloud-config\n") and len(text.encode()) < 1024 * 1024  # a Secret's limit
+    user_data: dict[str, Any] = yaml.safe_load(text)
+    modes = {f["path"]: (f["permissions"], f["owner"]) for f in user_data["write_files"]}
+    assert modes == {path: ("0755", "root:root") for path in
+                     ("/usr/local/bin/vp-memcheck", "/usr/local/bin/vp-dirty", "/usr/local/bin/usleep")}
+    return user_data
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_scenario_plans_validate_against_the_pinned_release(name: str, project_root: Path) -> None:
+    loaded = load_scenario(project_root / "scenarios" / name)
+    lab = loaded.scenario.lab
+    pinned = getattr(lab, "kubevirt_version", KUBEVIRT_VERSION)
+    assert pinned == KUBEVIRT_VERSION and getattr(lab, "cdi_version", CDI_VERSION) == CDI_VERSION
+    schemas = kubevirt_schema.load_schemas(pinned, CDI_VERSION)
+    handle = open_lab(loaded.scenario, "plan-shipped")
+    docs = [d for doc in _heredocs(handle.plan()) for d in yaml.safe_load_all(doc) if d]
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    if name != "existing.yaml":  # what the kind and kubeadm labs install
+        assert [kubevirt_schema.validate("v1.KubeVirt", kv) for kv in by_kind["KubeVirt"]] == [[]]
+        assert [kubevirt_schema.validate("v1beta1.CDI", cdi) for cdi in by_kind["CDI"]] == [[]]
+    [vm] = by_kind["VirtualMachine"]
+    assert schemas.validate("v1.VirtualMachine", vm) == []
+    [secret] = by_kind["Secret"]
+    _secret_checked(secret, schemas)
+    volume = next(v for v in vm["spec"]["template"]["spec"]["volumes"] if "cloudInitNoCloud" in v)
+    assert volume["cloudInitNoCloud"] == {"secretRef": {"name": secret["metadata"]["name"]}}  # never inline
+    assert "PRIVATE KEY" not in yaml.safe_dump(vm)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_vms_the_suites_create_for_shipped_scenarios_validate(name: str, project_root: Path) -> None:
+    """What the boot and migration suites send for the scenario's guest, with the real run keys
+    and the real workload files (the plan elides the binary), against the pinned schemas."""
+    scenario = load_scenario(project_root / "scenarios" / name).scenario
+    handle = KubeVirtLabHandle(scenario, "suites-1")
+    config = handle.config()
+    guest = scenario.guest
+    image = config.images[guest.image]
+    schemas = kubevirt_schema.load_schemas()
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = run_keys(Path(tmp))
+    cloud = manifests.CloudInit(image.user, keys.client_public, keys.host_private_pem, keys.host_public,
+                                files=workload_files())
+    for node in (None, "node-2"):  # boot, and the migration suite's placed guest
+        spec = VMSpec(name="migration-0-1", image=guest.image, cpus=guest.cpus, memory_mib=guest.memory, node=node)
+        vm = manifests.virtual_machine(spec, config.effective_namespace, "suites-1", image.source, cloud)
+        assert schemas.validate("v1.VirtualMachine", vm) == []
+    user_data = _secret_checked(manifests.cloud_init_secret("migration-0-1", config.effective_namespace,
+                                                            "suites-1", cloud), schemas)
+    assert user_data["ssh_keys"]["ed25519_public"] == keys.host_public
+
+
+def test_the_plan_sizes_an_http_image_from_its_header(tmp_path: Path) -> None:
+    disk = tmp_path / "cloud.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "5G"], check=True)
+    server = DiskServer(disk, "127.0.0.1")
+    try:
+        text = KIND.format(nodes=2, emulation="on").replace(
+            "micro: {container_disk: quay.io/containerdisks/fedora:41, user: fedora}",
+            f'micro: {{http: "{server.url}", user: debian}}')
+        docs = [d for doc in _heredocs(open_lab(parse_scenario(text), "plan-http").plan())
+                for d in yaml.safe_load_all(doc) if d]
+    finally:
+        server.close()
+    [vm] = [d for d in docs if d["kind"] == "VirtualMachine"]
+    [template] = vm["spec"]["dataVolumeTemplates"]
+    assert template["spec"]["storage"]["resources"]["requests"]["storage"] == "5530Mi"  # 5 GiB + 5.5 % + 128 MiB
+    assert kubevirt_schema.validate("v1.VirtualMachine", vm) == []

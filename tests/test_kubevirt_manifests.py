@@ -3,13 +3,22 @@ OpenAPI schemas (bundled in lab/kubevirt/schemas); the validator itself rejects 
 
 from __future__ import annotations
 
+import base64
+import gzip
 import itertools
+import subprocess
+import time
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from virtproof.lab.clusters.install import cdi_cr, kubevirt_cr
+from virtproof.lab.images import cloudinit, memcheck
+from virtproof.lab.images.cacheroot import cache_root_default
+from virtproof.lab.images.cloudinit import workload_files
 from virtproof.lab.kubevirt import manifests
 from virtproof.lab.kubevirt import schema as kubevirt_schema
 from virtproof.lab.kubevirt.manifests import CloudInit, DiskSource, UnsupportedSpec
@@ -138,3 +147,66 @@ def test_role_variant_grants_the_required_set_without_namespaces(project_root: P
     granted = _rules(project_root / "deploy/rbac/virtproof-role.yaml")
     assert [p for p in REQUIRED if _key(p) not in granted] == []
     assert not any(res == "namespaces" for _, res, _ in granted)
+
+
+# -- workloads for stock cloud images through cloud-init (issue 12 item 9) ---------------------
+def test_cloud_init_ships_vp_memcheck_vp_dirty_and_usleep(tmp_path: Path) -> None:
+    files = workload_files()
+    ci = CloudInit("debian", "ssh-ed25519 AAAAC3Nz client", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END",
+                   "ssh-ed25519 AAAA host", files=files)
+    vm = manifests.virtual_machine(VMSpec(name="a"), "ns", "r1", SOURCES[0], ci)
+    assert "write_files" not in str(vm) and "PRIVATE KEY" not in str(vm)  # all of it in the Secret
+    user_data = yaml.safe_load(manifests.cloud_init_secret("a", "ns", "r1", ci)["stringData"]["userdata"])
+    by_path = {f["path"]: f for f in user_data["write_files"]}
+    assert {p: (f["permissions"], f["owner"]) for p, f in by_path.items()} == {
+        memcheck.CLOUD_GUEST_PATH: ("0755", "root:root"), cloudinit.DIRTY_PATH: ("0755", "root:root"),
+        cloudinit.USLEEP_PATH: ("0755", "root:root")}
+    # the embedded vp-memcheck is exactly the static binary lab/images/memcheck.py builds
+    entry = by_path[memcheck.CLOUD_GUEST_PATH]
+    assert entry["encoding"] == "gz+b64"
+    binary = memcheck.build_binary(cache_root_default())
+    assert gzip.decompress(base64.b64decode(entry["content"])) == binary.read_bytes()
+    assert binary.read_bytes()[:4] == b"\x7fELF"
+    # vp-dirty is the micro guest's script, with the pid file made the login user's first
+    dirty = by_path[cloudinit.DIRTY_PATH]["content"]
+    shipped = (resources.files("virtproof.lab.images") / "vp-dirty.sh").read_text()
+    assert dirty.startswith("#!/bin/sh\n" + cloudinit.DIRTY_PREAMBLE) and dirty.endswith(shipped.partition("\n")[2])
+    # the usleep stand-in sleeps as long as busybox's would
+    shim = tmp_path / "usleep"
+    shim.write_text(by_path[cloudinit.USLEEP_PATH]["content"])
+    started = time.monotonic()
+    subprocess.run(["sh", str(shim), "1200000"], check=True, timeout=10)
+    assert 1.1 < time.monotonic() - started < 5
+    assert user_data["runcmd"] and "ssh_keys" in user_data  # the responder and the pinned host key stay
+
+
+# -- the release in use: v1.9.0 and v1.8.4 bundled, the cluster's own documents first ----------
+def test_a_v1_9_field_is_refused_by_the_bundled_v1_8_4_schema() -> None:
+    policy = manifests.migration_policy("r1", MigrationPolicy(mode="postcopy", downtime_limit_ms=50))
+    assert policy is not None
+    assert kubevirt_schema.load_schemas("v1.9.0").validate("v1alpha1.MigrationPolicy", policy) == []
+    assert kubevirt_schema.load_schemas("v1.8.4").validate("v1alpha1.MigrationPolicy", policy) == [
+        "spec: Additional properties are not allowed ('maxDowntimeMs' was unexpected)"]
+    # the same through ObjectSchemas (by apiVersion and kind), as the backend validates
+    assert kubevirt_schema.bundled_object_schemas("v1.8.4").validate(policy) != []
+    without = manifests.migration_policy("r1", MigrationPolicy(mode="postcopy"))
+    assert without is not None and kubevirt_schema.bundled_object_schemas("v1.8.4").validate(without) == []
+
+
+def test_without_the_clusters_documents_the_bundled_schema_of_its_release_is_used() -> None:
+    asked: list[str] = []
+
+    def none(path: str) -> dict[str, Any] | None:
+        asked.append(path)
+        return None
+
+    found = kubevirt_schema.cluster_schemas(none, "v1.8.4", "v1.66.0")
+    assert asked == ["/openapi/v3/apis/kubevirt.io/v1", "/openapi/v3/apis/migrations.kubevirt.io/v1alpha1",
+                     "/openapi/v3/apis/cdi.kubevirt.io/v1beta1"]
+    assert found.origin("kubevirt.io/v1") == "bundled kubevirt v1.8.4"
+    assert found.origin("cdi.kubevirt.io/v1beta1") == "bundled cdi v1.66.0"
+    vm = manifests.virtual_machine(VMSpec(name="a"), "ns", "r1", SOURCES[1], CI)
+    assert found.covers(vm) and found.validate(vm) == []
+    # a release nothing is bundled for: nothing to validate against here (the server's dry-run judges)
+    unknown = kubevirt_schema.cluster_schemas(none, "v1.7.2", None)
+    assert unknown.sources == {} and not unknown.covers(vm)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -23,13 +24,15 @@ from virtproof.lab.clusters.kind import KindCluster
 from virtproof.lab.clusters.kubeadm import KubeadmCluster
 from virtproof.lab.clusters.ssh import SSHError
 from virtproof.lab.clusters.steps import StepFailed
-from virtproof.lab.kubevirt import cleanup
+from virtproof.lab.images.cloudinit import placeholder_files
+from virtproof.lab.kubevirt import cleanup, manifests
 from virtproof.lab.kubevirt.config import ImageConfig, KubeVirtConfig
 from virtproof.lab.kubevirt.connect import ConnectOptions, KubeconfigError, connect
 from virtproof.lab.kubevirt.features import STALL_DETECTION_GATE
 from virtproof.lab.kubevirt.manifests import DiskSource, guest_service, namespace
 from virtproof.lab.kubevirt.platform import KubeVirtPlatform
 from virtproof.lab.kubevirt.resources import Kube
+from virtproof.lab.kubevirt.storage import http_virtual_size, request_for
 from virtproof.lab.platform import GuestAccess, PlatformError, VMSpec
 from virtproof.scenarios.kubevirt import ExistingLab, KindLab, KubeadmLab
 from virtproof.scenarios.model import Scenario
@@ -118,7 +121,7 @@ class KubeVirtLabHandle:
             connect=ConnectOptions(str(kubeconfig) if kubeconfig else None, self.spec.context, self.spec.qps,
                                    self.spec.burst),
             namespace=self.spec.namespace, images=images, node_address=self.spec.node_address,
-            require_cdi=self.spec.require_cdi,
+            guest_network_reachable=self.spec.guest_network_reachable, require_cdi=self.spec.require_cdi,
         )
 
     # LabHandle --------------------------------------------------------------------------
@@ -134,22 +137,33 @@ class KubeVirtLabHandle:
             lines += _dump(namespace(ns, self.lab_id)) + ["EOF"]
         guest = self.scenario.guest
         spec = VMSpec(name="<vm>", image=guest.image, cpus=guest.cpus, memory_mib=guest.memory)
-        lines.append(f"# for each VM ({guest.image}, {guest.cpus} CPU, {guest.memory} MiB): a Service and a VM")
+        image = cfg.images.get(guest.image)
+        cloud = None
+        if image is not None and image.cloud_init:
+            cloud = manifests.CloudInit(image.user, "<the run's ssh public key>", "<generated host key>",
+                                        "<generated host public key>", files=placeholder_files())
+        companions = "a Service, a cloud-init Secret and a VM" if cloud else "a Service and a VM"
+        lines.append(f"# for each VM ({guest.image}, {guest.cpus} CPU, {guest.memory} MiB): {companions}")
         lines.append("kubectl apply -f - <<'EOF'")
         lines += _dump(guest_service("<vm>", ns, self.lab_id))
         lines.append("---")
-        image = cfg.images.get(guest.image)
         if image is None:
             lines.append(f"# image {guest.image!r} is not in lab.images: VMs cannot be created")
         else:
-            from virtproof.lab.kubevirt import manifests
-
-            cloud = None
-            if image.cloud_init:
-                cloud = manifests.CloudInit(image.user, "<the run's ssh public key>", "<generated host key>",
-                                            "<generated host public key>")
-            vm = manifests.virtual_machine(spec, ns, self.lab_id, image.source, cloud)
-            lines += _dump(vm)
+            if cloud is not None:
+                lines += _dump(manifests.cloud_init_secret("<vm>", ns, self.lab_id, cloud))
+                lines.append("---")
+            source = image.source
+            if source.http_url and source.size is None:
+                try:
+                    source = replace(source, size=request_for(http_virtual_size(source.http_url)))
+                except PlatformError as exc:
+                    lines.append(f"# the DataVolume's size comes from the image at run time ({exc})")
+                    source = replace(source, size="<the image's virtual size + CDI overhead>")
+            if source.http_url and not source.access_modes:
+                lines.append("# access and volume mode: the StorageProfile's, else ReadWriteOnce and Filesystem "
+                             "(at run time)")
+            lines += _dump(manifests.virtual_machine(spec, ns, self.lab_id, source, cloud))
         lines.append("EOF")
         return lines
 

@@ -130,9 +130,14 @@ class SimKubeVirtLabHandle:
         """The ``existing``-cluster handle over this lab's least-privilege kubeconfig."""
         if state is None and self.qemu is not None:
             state = LabState.load(self.lab_id)
+        # The guests sit on the lab's L2 segment, whose bridge in this host's namespace has the
+        # segment's gateway address (virtproof.lab.qemu.l2.ensure_segment), and the node agent
+        # reports each guest's segment address as the VMI's status.interfaces ipAddress: the harness
+        # reaches every guest directly, as it would from inside a cluster's pod network.
+        direct = state is not None and state.network == "netns"
         existing = ExistingLab(kind="existing", kubeconfig=str(self.paths.kubeconfig(SUITE_KUBECONFIG)),
                                namespace=self.spec.namespace, qps=self.spec.qps, burst=self.spec.burst,
-                               images=self._images(state))
+                               images=self._images(state), guest_network_reachable=direct)
         return KubeVirtLabHandle(self.scenario.model_copy(update={"lab": existing}), self.lab_id, self.persistent)
 
     # LabHandle --------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ class KubeVirtConfig:
     images: Mapping[str, ImageConfig] = field(default_factory=dict)
     node_address: str | None = None
     # The guests' own addresses (VMI status.interfaces ipAddress) are routable from the harness
-    # (a bridge/Multus network, or the simulated-node lab's L2 segment): probe them too.
+    # (it runs in the pod network, a bridge/Multus network, or the simulated-node lab's L2
+    # segment): probe them too. ``lab.guest_network_reachable`` of kind/kubeadm/existing
+    # scenarios; the sim-kubevirt lab declares it itself (lab/controlplane/lab.py).
     guest_network_reachable: bool = False
     require_cdi: bool = False
     delete_timeout_s: float = 60.0

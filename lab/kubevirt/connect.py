@@ -3,6 +3,7 @@ the in-cluster service account. The connection's secrets go into a ``Redactor`` 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -102,3 +103,23 @@ def connect(options: ConnectOptions) -> Connection:
     limiter = TokenBucket(options.qps, options.burst)
     log.info("connected to %s (context %s)", configuration.host, used_context or "-")
     return Connection(api, configuration.host, used_context, limiter, redactor)
+
+
+def get_json(conn: Connection, path: str, timeout: float = 60.0) -> dict[str, Any] | None:
+    """GET a path of the API server as JSON (e.g. ``/openapi/v3/apis/kubevirt.io/v1``, which the
+    server's ``system:discovery`` role lets every authenticated identity read); None where the
+    server has no such document or will not give it (logged), so that callers fall back."""
+    conn.limiter.acquire()
+    request = conn.api.param_serialize(method="GET", resource_path=path, header_params={"Accept": "application/json"},
+                                       auth_settings=["BearerToken"])
+    response = conn.api.call_api(*request, _request_timeout=timeout)
+    body = bytes(response.read() or b"")  # type: ignore[no-untyped-call]  # the client is untyped here
+    if response.status != 200:
+        log.info("GET %s: HTTP %s", path, response.status)
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        log.info("GET %s: not JSON", path)
+        return None
+    return doc if isinstance(doc, dict) else None

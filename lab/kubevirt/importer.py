@@ -1,19 +1,25 @@
-"""Disk import for V2V: the harness serves a converted disk over HTTP and CDI imports it
-into a DataVolume (``source.http``); a VM then boots from that DataVolume.
+"""Disk import through CDI: standalone DataVolumes (V2V) and a VM's ``dataVolumeTemplates``.
 
-The HTTP server binds ``bind_address`` (an address the cluster's importer pods can reach, e.g.
-the host's address on the kind network) and serves exactly one file under a random path.
+V2V: the harness serves a converted disk over HTTP and CDI imports it into a DataVolume
+(``source.http``); a VM then boots from that DataVolume. The HTTP server binds
+``bind_address`` (an address the cluster's importer pods can reach, e.g. the host's address on
+the kind network) and serves exactly one file under a random path.
+
+``lab.images`` http images become a VM's ``dataVolumeTemplates``: ``template_source`` sizes and
+places them as ``import_disk`` does (the image's virtual size, the StorageProfile's access
+modes), and ``watch_templates`` ends a VM's wait with CDI's own message when its import fails.
 """
 
 from __future__ import annotations
 
 import http.server
 import logging
+import re
 import secrets
-import shutil
 import threading
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +27,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from virtproof.lab.kubevirt import manifests
-from virtproof.lab.kubevirt.informer import Informer
+from virtproof.lab.kubevirt.informer import Handler, Informer
 from virtproof.lab.kubevirt.manifests import DiskSource
-from virtproof.lab.kubevirt.resources import DATAVOLUME, STORAGE_PROFILE, Obj
-from virtproof.lab.kubevirt.storage import StorageDefaults, failure_of, profile_defaults, request_for, virtual_size
+from virtproof.lab.kubevirt.resources import DATAVOLUME, STORAGE_PROFILE, VM_LABEL, Obj
+from virtproof.lab.kubevirt.storage import (
+    StorageDefaults,
+    failure_of,
+    http_virtual_size,
+    profile_defaults,
+    request_for,
+    virtual_size,
+)
+from virtproof.lab.kubevirt.timeline import Recorder
 from virtproof.lab.platform import Capability, PlatformError, require
 
 if TYPE_CHECKING:
@@ -48,12 +62,24 @@ class DiskServer:
                     self.send_error(404)
                     return
                 size = served.path.stat().st_size
-                self.send_response(200)
+                first, last = 0, size - 1
+                ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+                if ranged and int(ranged.group(1)) < size:  # one range, as storage.http_virtual_size asks
+                    first = int(ranged.group(1))
+                    last = min(size - 1, int(ranged.group(2) or size - 1))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+                else:
+                    self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(size))
+                self.send_header("Content-Length", str(last - first + 1))
                 self.end_headers()
                 with open(served.path, "rb") as fh:
-                    shutil.copyfileobj(fh, self.wfile, 1 << 20)
+                    fh.seek(first)
+                    remaining = last - first + 1
+                    while remaining > 0 and (chunk := fh.read(min(remaining, 1 << 20))):
+                        self.wfile.write(chunk)
+                        remaining -= len(chunk)
 
             def do_HEAD(self) -> None:
                 if self.path != served.url_path:
@@ -140,6 +166,10 @@ def import_disk(
                             access_modes=defaults.access_modes, volume_mode=defaults.volume_mode)
         body = manifests.data_volume(name, p.namespace, p.config.run_id, source,
                                      bind_immediately=defaults.binding_mode == "WaitForFirstConsumer")
+        schemas = p.schemas()  # the cluster's own CDI document where it publishes one
+        if schemas.covers(body) and (problems := schemas.validate(body)):
+            raise PlatformError(f"DataVolume {name} does not validate against "
+                                f"{schemas.origin(DATAVOLUME.api_version)}: {'; '.join(problems[:5])}")
         try:
             p.kube.create(DATAVOLUME, body, p.namespace)
         except ApiException as exc:
@@ -158,3 +188,74 @@ def import_disk(
     finally:
         informer.stop()
         server.close()
+
+
+# per platform: image name -> its resolved DiskSource; the platforms whose DataVolumes are watched
+_resolved: weakref.WeakKeyDictionary[KubeVirtPlatform, dict[str, DiskSource]] = weakref.WeakKeyDictionary()
+_watched: weakref.WeakSet[KubeVirtPlatform] = weakref.WeakSet()
+_resolve_lock = threading.Lock()
+
+
+def template_source(p: KubeVirtPlatform, image: str, source: DiskSource) -> DiskSource:
+    """``source`` as a VM's ``dataVolumeTemplates`` entry needs it (an http image; any other is
+    returned as it is): sized from the image's virtual size unless the scenario gave
+    ``disk_size``, access and volume mode where the class's StorageProfile leaves them open (as
+    ``import_disk``). No immediate-bind annotation: the VM's launcher pod is the first consumer
+    on a WaitForFirstConsumer class, and KubeVirt starts the VMI while the DataVolume waits for
+    it (kubevirt v1.9.0 pkg/virt-controller/watch/vm/vm.go handleDataVolumes: Succeeded,
+    WaitForFirstConsumer and PendingPopulation count as ready). Resolved once per image."""
+    if not source.http_url:
+        return source
+    with _resolve_lock:
+        done = _resolved.setdefault(p, {}).get(image)
+        if done is not None:
+            return done
+        if not p.cluster_facts.cdi_version:
+            raise PlatformError(f"image {image!r} is imported over http by CDI, which this cluster lacks "
+                                "(no Available CDI resource); use a container_disk image")
+        size = source.size or request_for(http_virtual_size(source.http_url))
+        modes, volume_mode = source.access_modes, source.volume_mode
+        if not modes:
+            defaults = _storage_for(p, source.storage_class)
+            modes, volume_mode = defaults.access_modes, volume_mode or defaults.volume_mode
+        resolved = replace(source, size=size, access_modes=modes, volume_mode=volume_mode)
+        _resolved[p][image] = resolved
+        log.info("image %s: DataVolume template %s, access modes %s", image, size, ",".join(modes) or "(profile's)")
+        watch_templates(p)
+        return resolved
+
+
+def template_failure_handler(recorder: Recorder) -> Handler:
+    """An informer handler marking the VM of a failing template DataVolume failed, with CDI's
+    message. The template's labels name the VM: virt-controller copies them onto the DataVolume
+    (kubevirt v1.9.0 pkg/storage/types/dv.go GenerateDataVolumeFromTemplate)."""
+
+    def on_dv(kind: str, obj: Obj, received: float) -> None:
+        if kind == "DELETED":
+            return
+        meta = obj.get("metadata") or {}
+        vm = (meta.get("labels") or {}).get(VM_LABEL)
+        why = failure_of(obj.get("status") or {})
+        if not vm or why is None:
+            return
+        with recorder.cond:
+            record = recorder.vms.get(str(vm))
+            if record is not None and not record.failure:
+                record.failure = f"DataVolume {meta.get('name')} import failed: {why}"
+                recorder.cond.notify_all()
+
+    return on_dv
+
+
+def watch_templates(p: KubeVirtPlatform) -> None:
+    """Follow the run's DataVolumes (once per platform; stopped by ``p.close()``), so that a VM
+    whose template import fails stops waiting with CDI's message. Needs list and watch on
+    datavolumes (the optional disk-import permissions); without them a failing import waits out
+    the VM's timeout, as before."""
+    if p in _watched or Capability.DISK_IMPORT not in p.capabilities:
+        return
+    informer = Informer(p.kube, DATAVOLUME, p.namespace, p.selector, template_failure_handler(p.recorder))
+    informer.start()
+    p._informers.append(informer)
+    _watched.add(p)
+    informer.synced.wait(30)

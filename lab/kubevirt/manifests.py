@@ -6,6 +6,7 @@ tests check each builder with ``virtproof.lab.kubevirt.schema``), and labels it 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,9 @@ class DiskSource:
     container_disk: str | None = None
     http_url: str | None = None
     data_volume: str | None = None  # an existing (imported) DataVolume
-    size: str = "10Gi"  # a real cloud image is 2-10 GiB virtual; imports of a known disk size it exactly
+    # The DataVolume's request; None: from the image's virtual size (storage.request_for), which
+    # the backend fills in before building (importer.template_source); never a fixed guess.
+    size: str | None = None
     storage_class: str | None = None
     access_modes: tuple[str, ...] = ()  # set only where the StorageProfile leaves them open (storage.py)
     volume_mode: str | None = None
@@ -44,12 +47,15 @@ class DiskSource:
 
 @dataclass(frozen=True)
 class CloudInit:
-    """What cloud-init puts into the guest: the run's client key and a pinned host key."""
+    """What cloud-init puts into the guest: the run's client key, a pinned host key, and the
+    files a stock cloud image lacks (``write_files`` entries: the workloads vp-memcheck and
+    vp-dirty, from ``virtproof.lab.images.cloudinit.workload_files``)."""
 
     user: str
     authorized_key: str
     host_private_key: str
     host_public_key: str
+    files: tuple[Mapping[str, str], ...] = ()
 
 
 def labels(run_id: str, **extra: str) -> dict[str, str]:
@@ -57,24 +63,43 @@ def labels(run_id: str, **extra: str) -> dict[str, str]:
 
 
 def cloud_init_user_data(ci: CloudInit) -> str:
-    """#cloud-config: authorize the run's key, pin the host key, start the HTTP responder."""
+    """#cloud-config: authorize the run's key, pin the host key, write the workloads' files,
+    start the HTTP responder."""
     responder = (
         "mkdir -p /srv/virtproof && hostname > /srv/virtproof/index.html && "
         f"if command -v busybox >/dev/null; then setsid busybox httpd -p {HTTP_PORT} -h /srv/virtproof; "
         f"else setsid python3 -m http.server {HTTP_PORT} -d /srv/virtproof >/dev/null 2>&1 & fi"
     )
-    doc = {
+    doc: Obj = {
         "users": ["default", {"name": ci.user, "ssh_authorized_keys": [ci.authorized_key],
                               "sudo": "ALL=(ALL) NOPASSWD:ALL", "lock_passwd": True}],
         "ssh_authorized_keys": [ci.authorized_key],
         "ssh_deletekeys": True,
         "ssh_keys": {"ed25519_private": ci.host_private_key, "ed25519_public": ci.host_public_key},
-        "runcmd": [["sh", "-c", responder]],
     }
-    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
+    if ci.files:
+        # cloud-init's write_files module (cc_write_files: path, content, encoding gz+b64 or
+        # text, owner, permissions as an octal string) runs before runcmd.
+        doc["write_files"] = [dict(f) for f in ci.files]
+    doc["runcmd"] = [["sh", "-c", responder]]
+    return "#cloud-config\n" + yaml.dump(doc, Dumper=_UserDataDumper, sort_keys=False)
+
+
+class _UserDataDumper(yaml.SafeDumper):
+    """Scripts in the user-data as literal blocks (readable in the Secret and in a plan)."""
+
+
+def _literal(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_UserDataDumper.add_representer(str, _literal)
 
 
 def data_volume_spec(source: DiskSource) -> Obj:
+    if source.size is None:
+        raise UnsupportedSpec(f"the DataVolume for {source.http_url} has no size (the backend sizes it from the "
+                              "image's virtual size first; set the image's disk_size where it cannot)")
     storage: Obj = {"resources": {"requests": {"storage": source.size}}}
     if source.storage_class:
         storage["storageClassName"] = source.storage_class

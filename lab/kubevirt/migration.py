@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -163,7 +164,14 @@ def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationP
         if state.get("migrationUid") != uid:  # failed before the hand-off: nothing of it on the VMI
             state = {}
             if error is None and own is not None and own.phase == "Failed":
-                error = f"migration {name} Failed before the hand-off: {own.reason or 'no reason given'}"
+                # virt-controller fails a migration before the hand-off on its own (the target pod
+                # gone or down, another migration of the VMI in flight: updateStatus in
+                # pkg/virt-controller/watch/migration/migration.go) and says why only in an Event;
+                # the object keeps the phase it had reached.
+                reached = [ph for ph in phases if ph != "Failed"]
+                where = f" after phase {reached[-1]}" if reached else ""
+                why = own.reason or "virt-controller gave no reason on the object (see its Events)"
+                error = f"migration {name} Failed before the hand-off{where}: {why}"
     return _result(vm, source, target, policy, state, phases, requested, error, observed_end)
 
 
@@ -195,6 +203,8 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
             pod_name = str(pod.metadata.name if pod.metadata else "")
             if pod.spec is None or pod.spec.node_name != node:
                 continue
+            if pod.status is not None and pod.status.phase in ("Succeeded", "Failed"):
+                continue  # a launcher that already ended (the source of an earlier move): nothing runs there
             body = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod_name, namespace=p.namespace))
             p.kube.conn.limiter.acquire()
             try:
@@ -204,13 +214,18 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
                     continue
                 if exc.status != 429:
                     raise PlatformError(f"evicting {pod_name}: {p._api_error(exc)}") from None
-                # virt-api's pod eviction admitter answers 429 both when it started an evacuation
-                # ("Eviction triggered evacuation of VMI") and when the VMI cannot move ("... is
-                # not live-migratable", e.g. RWO volumes): tell them apart by its message
-                # (pkg/virt-api/webhooks/validating-webhook/admitters/pod-eviction-admitter.go).
-                message = eviction_message(exc)
-                if "not live-migratable" in message or "failed" in message:
-                    refused[pod_vmi(pod)] = message
+                answer = eviction_answer(exc)
+                if answer.kind == "target":
+                    continue  # the target pod of a move into this node: its VMI is not on this node yet
+                if answer.kind != "evacuating":
+                    refused[pod_vmi(pod)] = answer.error
+            else:
+                # Nothing intercepted the eviction (virt-api passes a VMI whose eviction strategy does
+                # not call for a migration, e.g. None, or LiveMigrateIfPossible when it cannot move):
+                # the API server deleted the pod, so the VMI stops instead of moving.
+                refused[pod_vmi(pod)] = (f"evicted without a live migration: virt-api let the eviction of {pod_name} "
+                                         "through (the VMI's eviction strategy is not LiveMigrate), so its pod "
+                                         "was deleted")
 
         def moved() -> bool:
             for vm in vms:
@@ -229,7 +244,7 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
             state = dict(vm.record.migration_state)
             error = None if done else f"evacuation not finished after {timeout:.0f} s"
             if vm.name in refused:
-                state, error = {}, f"cannot live-migrate: {refused[vm.name]}"
+                state, error = {}, refused[vm.name]
             if state.get("migrationUid") == before[vm.name]:
                 state = {}
             results.append(_result(vm, node, vm.record.node, MigrationPolicy(), state, {}, requested, error))
@@ -239,13 +254,57 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
             _cordon(p, node, False)
 
 
-def eviction_message(exc: ApiException) -> str:
-    """The admission message of a refused eviction (the Status body's ``message``)."""
+@dataclass(frozen=True)
+class EvictionAnswer:
+    """What a 429 to an eviction meant. ``kind``: ``evacuating`` (KubeVirt took the eviction as the
+    start of a live migration), ``target`` (the pod is a migration's target), ``pdb`` (a
+    PodDisruptionBudget forbids it: nothing will move), ``refused`` (KubeVirt refused it, e.g.
+    the VMI is not live-migratable: nothing will move)."""
+
+    kind: Literal["evacuating", "target", "pdb", "refused"]
+    message: str
+    error: str
+
+
+# virt-api's pod-eviction admitter (KubeVirt v1.9.0
+# pkg/virt-api/webhooks/validating-webhook/admitters/pod-eviction-admitter.go) denies every
+# eviction of a running virt-launcher pod it acts on with code 429, whatever it did: it marked
+# the VMI for evacuation ("Eviction triggered evacuation of VMI ..."; "Evacuation in progress:
+# ..." when already marked), the pod is a migration target ("Eviction request for target Pod"),
+# or it refused ("... is configured with an eviction strategy but is not live-migratable",
+# "kubevirt failed ..."). The API server prefixes the message with 'admission webhook "..."
+# denied the request: ' (k8s.io/apiserver pkg/admission/plugin/webhook/errors/statuserror.go).
+# Admission runs before the eviction REST handler's PodDisruptionBudget check (Kubernetes
+# pkg/registry/core/pod/storage/eviction.go: createValidation, then checkAndDecrement), so a PDB
+# answers only evictions the webhook let through; its 429 says "Cannot evict pod as it would
+# violate the pod's disruption budget." and a details.causes entry whose type (JSON "reason") is
+# DisruptionBudget.
+_EVACUATING = ("Eviction triggered evacuation of VMI", "Evacuation in progress")
+_TARGET = "Eviction request for target Pod"
+DISRUPTION_BUDGET_CAUSE = "DisruptionBudget"  # policyv1.DisruptionBudgetCause
+
+
+def eviction_answer(exc: ApiException) -> EvictionAnswer:
+    """Classify a 429 answer to an eviction by its Status body: its message and causes."""
     try:
         body = json.loads(exc.body or "{}")
     except ValueError:
-        return str(exc.body or exc.reason or "")
-    return str(body.get("message") or exc.reason or "") if isinstance(body, dict) else str(body)
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    message = str(body.get("message") or exc.body or exc.reason or "")
+    details = body.get("details") if isinstance(body.get("details"), dict) else {}
+    causes = [c for c in (details or {}).get("causes") or [] if isinstance(c, dict)]
+    # metav1.StatusCause's Type is serialised as "reason" (k8s.io/apimachinery pkg/apis/meta/v1/types.go)
+    budget = [str(c.get("message") or "") for c in causes if c.get("reason") == DISRUPTION_BUDGET_CAUSE]
+    if budget:
+        why = "; ".join(m for m in budget if m) or message
+        return EvictionAnswer("pdb", message, f"eviction refused by a PodDisruptionBudget, so nothing moves: {why}")
+    if any(marker in message for marker in _EVACUATING):
+        return EvictionAnswer("evacuating", message, "")
+    if _TARGET in message:
+        return EvictionAnswer("target", message, "")
+    return EvictionAnswer("refused", message, f"cannot live-migrate: {message}")
 
 
 def pod_vmi(pod: Any) -> str:

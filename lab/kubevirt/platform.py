@@ -19,9 +19,11 @@ from kubernetes.client.exceptions import ApiException
 
 from virtproof.instruments import promtext
 from virtproof.instruments.latency import Quantiles, summarize_all
+from virtproof.lab.images.cloudinit import workload_files
 from virtproof.lab.kubevirt import manifests, migration
 from virtproof.lab.kubevirt.config import ImageConfig, KubeVirtConfig
-from virtproof.lab.kubevirt.connect import Connection, connect
+from virtproof.lab.kubevirt.connect import Connection, connect, get_json
+from virtproof.lab.kubevirt.importer import template_source
 from virtproof.lab.kubevirt.informer import Informer
 from virtproof.lab.kubevirt.keys import RunKeys, run_keys
 from virtproof.lab.kubevirt.manifests import DiskSource
@@ -36,6 +38,7 @@ from virtproof.lab.kubevirt.preflight import (
     require_permissions,
 )
 from virtproof.lab.kubevirt.resources import RUN_LABEL, VM, VMI, VMIM, Kube, Obj, Resource
+from virtproof.lab.kubevirt.schema import ObjectSchemas, cluster_schemas
 from virtproof.lab.kubevirt.timeline import Recorder, VMRecord
 from virtproof.lab.platform import (
     ApiRequests,
@@ -127,6 +130,7 @@ class KubeVirtPlatform:
         self.vms: dict[str, KubeVirtVM] = {}
         self._dry_runs: set[tuple[str, str]] = set()
         self._service_address: str | None = None
+        self._schemas: ObjectSchemas | None = None
 
     # construction -----------------------------------------------------------------------
     @classmethod
@@ -285,12 +289,24 @@ class KubeVirtPlatform:
         if not cfg.cloud_init:
             return None
         keys = self.keys()
-        return manifests.CloudInit(cfg.user, keys.client_public, keys.host_private_pem, keys.host_public)
+        return manifests.CloudInit(cfg.user, keys.client_public, keys.host_private_pem, keys.host_public,
+                                   files=workload_files())
 
     def manifest_for(self, spec: VMSpec) -> Obj:
         """The VirtualMachine object ``create_vm`` would send for ``spec``."""
         cfg = self._image(spec.image)
-        return manifests.virtual_machine(spec, self.namespace, self.config.run_id, cfg.source, self._cloud_init(spec))
+        source = template_source(self, spec.image, cfg.source)  # an http image: sized, StorageProfile's modes
+        return manifests.virtual_machine(spec, self.namespace, self.config.run_id, source, self._cloud_init(spec))
+
+    def schemas(self) -> ObjectSchemas:
+        """The cluster's own OpenAPI v3 documents of the groups virtproof sends, else the bundled
+        schema of its release (``schema.cluster_schemas``); read once."""
+        with self._lock:
+            if self._schemas is None:
+                facts = self.cluster_facts
+                self._schemas = cluster_schemas(lambda path: get_json(self.conn, path), facts.kubevirt_version,
+                                                facts.cdi_version)
+            return self._schemas
 
     def _dry_run_once(self, res: Resource, body: Obj, namespace: str | None, what: str) -> None:
         """The cluster's own truth before anything is created: the first object of each kind (and
@@ -298,6 +314,12 @@ class KubeVirtPlatform:
         key = (res.plural, what)
         if key in self._dry_runs:
             return
+        schemas = self.schemas()
+        if schemas.covers(body):
+            problems = schemas.validate(body)
+            if problems:
+                where = schemas.origin(str(body.get("apiVersion")))
+                raise PlatformError(f"{what} does not validate against {where}: {'; '.join(problems[:5])}")
         try:
             self.kube.create(res, body, namespace, dry_run=True)
         except ApiException as exc:
@@ -430,7 +452,9 @@ class KubeVirtPlatform:
 
     def evacuate(self, node: str, timeout: float = 300.0, uncordon_after: bool = True) -> list[MigrationResult]:
         """Drain ``node`` like ``kubectl drain``: cordon, evict virt-launcher pods (KubeVirt turns
-        each eviction into a live migration), wait until every VMI left the node."""
+        each eviction into a live migration), wait until every VMI left the node. An eviction
+        that starts no migration (the VMI is not live-migratable, a PodDisruptionBudget forbids
+        it, or nothing intercepted it and the pod was deleted) is a failed result at once."""
         return migration.evacuate(self, node, timeout, uncordon_after)
 
     def cancel_migration(self, name: str) -> None:

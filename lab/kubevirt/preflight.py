@@ -47,9 +47,12 @@ def _perms(verbs: str, resource: str, group: str = "", *, sub: str = "", namespa
 
 
 KV = "kubevirt.io"
+# Every call the backend makes (lab/kubevirt: the suites' calls, cleanup's and inspection's) is
+# one of these; tests/test_kubevirt_rbac_calls.py derives the calls from the code and fails on
+# one that is missing here or in deploy/rbac.
 REQUIRED: tuple[Permission, ...] = tuple(
     _perms("create get list watch delete", "virtualmachines", KV)
-    + _perms("get list watch patch", "virtualmachineinstances", KV)
+    + _perms("get list watch patch delete", "virtualmachineinstances", KV)  # delete: cleanup
     + _perms("create get list watch delete", "virtualmachineinstancemigrations", KV)
     + _perms("create get list delete", "services")
     + _perms("create get list delete", "secrets")
@@ -57,7 +60,8 @@ REQUIRED: tuple[Permission, ...] = tuple(
     + _perms("get list", "kubevirts", KV, namespaced=False)
     + _perms("get list", "nodes", namespaced=False)
 )
-NAMESPACE_PERMS: tuple[Permission, ...] = tuple(_perms("create get delete", "namespaces", namespaced=False))
+# list: cleanup and ``lab status`` find the run's labelled namespace
+NAMESPACE_PERMS: tuple[Permission, ...] = tuple(_perms("create get list delete", "namespaces", namespaced=False))
 OPTIONAL: dict[Capability, tuple[Permission, ...]] = {
     Capability.NODE_DRAIN: tuple(_perms("patch", "nodes", namespaced=False)
                                  + _perms("create", "pods", sub="eviction")),
@@ -65,7 +69,8 @@ OPTIONAL: dict[Capability, tuple[Permission, ...]] = {
                                   + _perms("get list", "cdis", "cdi.kubevirt.io", namespaced=False)
                                   + _perms("get list", "storageprofiles", "cdi.kubevirt.io", namespaced=False)
                                   + _perms("get list", "storageclasses", "storage.k8s.io", namespaced=False)),
-    Capability.POST_COPY: tuple(_perms("create get delete", "migrationpolicies", "migrations.kubevirt.io",
+    # list: the preflight reads existing policies (allowPostCopy), cleanup finds the run's
+    Capability.POST_COPY: tuple(_perms("create get list delete", "migrationpolicies", "migrations.kubevirt.io",
                                        namespaced=False)),
 }
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from virtproof.instruments.latency import PHASE_NAMES
+from virtproof.instruments.latency import ORDER, PHASE_NAMES
 from virtproof.lab.kubevirt.resources import VM_LABEL, Obj
 from virtproof.lab.platform import START_EVENT, Timeline
 
@@ -64,11 +64,13 @@ class VMRecord:
     def latencies_ms(self) -> dict[str, float]:
         """kube-burner phase -> ms since the VM's creationTimestamp (the VMI's for a bare VMI).
 
-        Computed when asked: the VM and VMI informers deliver in any order."""
+        Computed when asked: the VM and VMI informers deliver in any order. Only kube-burner's
+        own quantile names (``instruments.latency.ORDER``) are published here: they become
+        ``vmi_latency.<name>_ms`` samples, a namespace that means kube-burner's method."""
         base = self.vm_created if self.vm_created is not None else self.vmi_created
         if base is None:
             return {}
-        return {name: round((ts - base) * 1000.0, 3) for name, ts in self.phase_ts.items()}
+        return {name: round((ts - base) * 1000.0, 3) for name, ts in self.phase_ts.items() if name in ORDER}
 
 
 class Recorder:
@@ -155,8 +157,11 @@ class Recorder:
                 continue
             ts = parse_time(condition.get("lastTransitionTime")) or received
             if condition.get("type") == "Ready":
+                # Our own measure, in the timeline only (``vmi_ready`` on the cluster's clock and
+                # ``vmi_ready_observed``): kube-burner's VMIReady is the time *it* saw the
+                # condition (time.Now() in handleUpdateVMI, pkg/measurements/vmi_latency.go), not
+                # its lastTransitionTime, so this is never published under that name.
                 self._add(record, "vmi_ready", ts, received)
-                self._latency(record, "VMIReady", ts)
             elif condition.get("type") == "AgentConnected":
                 self._add(record, "agent_connected", ts, received)
         if record.phase == "Failed":

@@ -20,7 +20,7 @@ from __future__ import annotations
 import secrets
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +30,17 @@ from virtproof.instruments.prober import ProbeLog, Prober
 from virtproof.lab.guest import GuestSession
 from virtproof.lab.platform import (
     VM,
+    Capability,
+    CapabilityMissing,
     Drainable,
     GuestAccess,
     GuestUnreachable,
     MigratablePlatform,
     MigrationPolicy,
     MigrationResult,
+    Platform,
     PlatformError,
+    require,
 )
 from virtproof.scenarios.migration import InjectCorruption, MigrationSuite, workload_label
 from virtproof.suites.engines.integrity import (
@@ -55,6 +59,10 @@ from virtproof.suites.engines.integrity import (
 from virtproof.suites.factory import Recorder, VMFactory
 
 SETTLE_S = 1.5  # after a move, let the prober see the guest answer again before reading its log
+# ...and at most this long for every path of a moved guest to answer again (``settle_probers``):
+# through a Service the guest answers only once the target pod is Ready and the endpoints caught
+# up, and a TCG guest on a busy host may take seconds more; stopped earlier, the gap has no end.
+SETTLE_MAX_S = 60.0
 MARKER = "$HOME/.vp-migration-marker"  # the login user's home: root on the micro guest, the cloud user elsewhere
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -94,6 +102,24 @@ class MoveContext:
 class Move:
     guest: GuestUnderTest
     target: str
+
+
+def migration_unavailable(platform: Platform, needed: Sequence[Capability]) -> str | None:
+    """Why ``platform`` cannot carry out the suite's moves (None: it can), in words a user can act
+    on: a platform lacks ``live_migration`` above all when it has fewer than two nodes to move
+    between (KubeVirt: schedulable, untainted, with virt-handler), which "lacks: live_migration"
+    alone does not say."""
+    try:
+        require(platform, *needed)
+    except CapabilityMissing as exc:
+        reason = str(exc)
+        if Capability.LIVE_MIGRATION in needed and Capability.LIVE_MIGRATION not in platform.capabilities:
+            nodes = list(platform.nodes())
+            if len(nodes) < 2:
+                have = f"only one schedulable node ({nodes[0]})" if nodes else "no schedulable node"
+                reason = f"{have}: live migration needs two ({reason})"
+        return reason
+    return None
 
 
 # --- guests ----------------------------------------------------------------------------
@@ -248,6 +274,26 @@ def start_probers(guests: Sequence[GuestUnderTest], suite: MigrationSuite, out: 
             if not prober.wait_answering(60):
                 raise GuestTrouble(f"{guest.vm.name}: the prober got no answer on its {path} path "
                                    f"{guest.vm.http_paths()[path]} before the move")
+
+
+def settle_probers(moved: Iterable[tuple[Iterable[Prober], MigrationResult]], bound_s: float = SETTLE_MAX_S) -> None:
+    """After a wave, keep its probers running until every path of every guest that moved answered
+    again after its longest gap around the move (at least ``SETTLE_S``, at most ``bound_s``), so
+    each guest-observed downtime has an end and the Service's lag behind the direct path is known.
+    A path that never answers again is left open-ended (``answered=False``) when the bound passes.
+    ``moved``: each move's probers (one per path) and its result."""
+    time.sleep(SETTLE_S)
+    pending = [(prober, *result.observed_window) for probers, result in moved if result.ok for prober in probers]
+    deadline = time.monotonic() + bound_s
+    while pending and time.monotonic() < deadline:
+        still = []
+        for prober, start, end in pending:
+            gap = ProbeLog.read(prober.out).longest_gap(start, end)
+            if gap is not None and gap.end is None and prober.popen.poll() is None:
+                still.append((prober, start, end))
+        pending = still
+        if pending:
+            time.sleep(0.25)
 
 
 def stop_probers(guests: Sequence[GuestUnderTest]) -> None:

@@ -94,6 +94,19 @@ class FakeCluster:
         self.store.create("cdi.kubevirt.io/v1beta1/cdis", "", cdi_obj)
         self.store.create("v1/namespaces", "", {"apiVersion": "v1", "kind": "Namespace",
                                                 "metadata": {"name": "default"}})
+        # kind's default class: local-path, WaitForFirstConsumer. CDI v1.66 does not know its
+        # provisioner (pkg/storagecapabilities), so the StorageProfile it makes has no claim
+        # properties: a DataVolume must bring its own access modes.
+        self.store.create("storage.k8s.io/v1/storageclasses", "", {
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "rancher.io/local-path", "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer"})
+        profile = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "StorageProfile",
+                   "metadata": {"name": "standard"}, "spec": {},
+                   "status": {"storageClass": "standard", "provisioner": "rancher.io/local-path",
+                              "claimPropertySets": []}}
+        self.store.create("cdi.kubevirt.io/v1beta1/storageprofiles", "", profile)
 
     def write_kubeconfig(self) -> Path:
         config = {

@@ -11,15 +11,23 @@
   which writes no abortStatus for a migration deleted before the hand-off: the backend's cancel
   is tested on the real control plane).
 - DataVolume phases Pending -> ImportScheduled -> ImportInProgress -> Succeeded; the http
-  source is really downloaded.
+  source is really downloaded and measured (qemu-img) against the claim; a claim without access
+  modes on a class whose StorageProfile has none, a failing download and a too-small claim end
+  as CDI v1.66 reports them (see ``_dv_changed``); a VM whose DataVolume has an error is
+  ``DataVolumeError`` (KubeVirt's ``HasDataVolumeErrors``).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -40,7 +48,13 @@ POD = "v1/pods"
 SVC = "v1/services"
 NODE = "v1/nodes"
 NS = "v1/namespaces"
+STORAGE_CLASS = "storage.k8s.io/v1/storageclasses"
+STORAGE_PROFILE = "cdi.kubevirt.io/v1beta1/storageprofiles"
 HOSTNAME = "kubernetes.io/hostname"
+IMMEDIATE_BIND = "cdi.kubevirt.io/storage.bind.immediate.requested"
+MIB = 1024 * 1024
+FILESYSTEM_OVERHEAD = 0.055  # CDIConfig's default filesystemOverhead
+MAX_IMPORTER_ATTEMPTS = 5
 
 
 def _owner(obj: Obj, kind: str, api_version: str = "kubevirt.io/v1") -> Obj:
@@ -53,6 +67,29 @@ def _add_phase(status: Obj, phase: str) -> None:
     status["phase"] = phase
     status.setdefault("phaseTransitionTimestamps", []).append(
         {"phase": phase, "phaseTransitionTimestamp": now_rfc3339()})
+
+
+def _dv_condition(status: Obj, ctype: str, value: str, message: str, reason: str) -> None:
+    """A DataVolumeCondition as CDI writes it (datavolume/conditions.go updateCondition): the
+    transition time moves only when the status does; fields of api/core/v1beta1/types.go."""
+    conditions = status.setdefault("conditions", [])
+    cond = next((c for c in conditions if c.get("type") == ctype), None)
+    now = now_rfc3339()
+    if cond is None:
+        cond = {"type": ctype}
+        conditions.append(cond)
+    if cond.get("status") != value:
+        cond["lastTransitionTime"] = now
+    cond.update({"status": value, "lastHeartbeatTime": now, "message": message, "reason": reason})
+
+
+def _data_volume_error(status: Obj) -> bool:
+    """kubevirt v1.9.0 pkg/storage/types/dv.go HasDataVolumeErrors: phase Failed, or the Running
+    condition False with reason Error or ImagePullFailed."""
+    if status.get("phase") == "Failed":
+        return True
+    return any(c.get("type") == "Running" and c.get("status") == "False"
+               and c.get("reason") in ("Error", "ImagePullFailed") for c in status.get("conditions") or [])
 
 
 def _set_condition(status: Obj, ctype: str, value: str, reason: str = "") -> None:
@@ -172,11 +209,15 @@ class Controller:
     def _start_vmi_when_ready(self, ns: str, name: str, dvs: list[str]) -> None:
         vm = self.store.get(VM, ns, name)
         for dv in dvs:
-            phase = (self.store.get(DV, ns, dv).get("status") or {}).get("phase")
-            if phase == "Failed":
-                self._vm_status(ns, name, "DataVolumeError", ready=False)
+            status = self.store.get(DV, ns, dv).get("status") or {}
+            if _data_volume_error(status):
+                # KubeVirt shows it and keeps reconciling (the importer may still recover)
+                if (vm.get("status") or {}).get("printableStatus") != "DataVolumeError":
+                    self._vm_status(ns, name, "DataVolumeError", ready=False)
+                self.later(self.step_s * 5, lambda: self._start_vmi_when_ready(ns, name, dvs))
                 return
-            if phase != "Succeeded":
+            # kubevirt v1.9.0 pkg/virt-controller/watch/vm/vm.go handleDataVolumes: ready to start
+            if status.get("phase") not in ("Succeeded", "WaitForFirstConsumer", "PendingPopulation"):
                 self.later(self.step_s * 5, lambda: self._start_vmi_when_ready(ns, name, dvs))
                 return
         template = vm["spec"]["template"]
@@ -393,49 +434,139 @@ class Controller:
                 self.store.delete(POD, ns, pod["metadata"]["name"])
 
     # DataVolumes ------------------------------------------------------------------------
+    # CDI v1.66, as far as a fake can: the claim rendered from spec.storage and the class's
+    # StorageProfile (pkg/controller/datavolume/util.go getDefaultVolumeAndAccessMode), a
+    # standalone DataVolume on a WaitForFirstConsumer class waiting for a consumer unless it asks
+    # for immediate binding, phases Pending -> ImportScheduled -> ImportInProgress -> Succeeded,
+    # and a failing importer as CDI reports one: phase still ImportInProgress (only fatal errors
+    # set Failed: datavolume/import-controller.go updateStatusPhase), the Running condition False
+    # with reason "Error" and the importer's termination message, restartCount counting the
+    # restarts (pkg/controller/util.go setAnnotationsFromPodWithPrefix; conditions.go).
     def _dv_changed(self, change: Change) -> None:
         if change.type != "ADDED":
             return
         dv, ns = change.obj, change.namespace
         name = dv["metadata"]["name"]
-
-        def phase(p: str, progress: str = "N/A") -> None:
-            def mutate(o: Obj) -> None:
-                status = o.setdefault("status", {})
-                status["phase"], status["progress"] = p, progress
-                _set_condition(status, "Bound", "True" if p != "Pending" else "False")
-                _set_condition(status, "Running", "True" if p == "ImportInProgress" else "False")
-                _set_condition(status, "Ready", "True" if p == "Succeeded" else "False")
-            self.store.update(DV, ns, name, mutate)
-
-        phase("Pending")
-        url = ((dv["spec"].get("source") or {}).get("http") or {}).get("url")
+        spec = dv.get("spec") or {}
+        storage = spec.get("storage") or {}
+        claim_error = self._claim_error(storage)
+        if claim_error is not None:
+            # renderPvcSpec failed: no phase, Bound and Ready False with the event's reason and message
+            # (datavolume/controller-base.go syncDataVolumeStatusPhaseWithEvent + updateConditions)
+            self._dv_status(ns, name, None, bound=("False", claim_error, "ErrClaimNotValid"),
+                            ready=("False", claim_error, "ErrClaimNotValid"), running=("False", "", ""))
+            return
+        owners = dv["metadata"].get("ownerReferences") or []
+        consumed = any(o.get("kind") == "VirtualMachine" for o in owners)  # the VM's launcher pod consumes it
+        immediate = (dv["metadata"].get("annotations") or {}).get(IMMEDIATE_BIND) == "true"
+        pvc = f"PVC {name}"
+        if self._binding_mode(storage) == "WaitForFirstConsumer" and not (consumed or immediate):
+            self._dv_status(ns, name, "WaitForFirstConsumer", bound=("False", f"{pvc} Pending", "Pending"),
+                            ready=("False", "", ""), running=("False", "", ""))
+            return
+        self._dv_status(ns, name, "Pending", bound=("False", f"{pvc} Pending", "Pending"),
+                        ready=("False", "", ""), running=("False", "", ""))
+        url = str(((spec.get("source") or {}).get("http") or {}).get("url") or "")
+        request_mib = _mib(str(((storage.get("resources") or {}).get("requests") or {}).get("storage") or "0"))
+        block = storage.get("volumeMode") == "Block"
+        bound = ("True", f"{pvc} Bound", "Bound")
+        attempts = [0]
 
         def importer() -> None:
-            self.later(0, lambda: phase("ImportScheduled"))
+            self.later(0, lambda: self._dv_status(ns, name, "ImportScheduled", bound=bound, ready=("False", "", ""),
+                                                  running=("False", "", "")))
             time.sleep(self.step_s)
-            self.later(0, lambda: phase("ImportInProgress", "0.00%"))
-            try:
-                if url:
-                    self._download(str(url), ns, name)
-            except OSError as exc:
-                self.errors.append(f"import {name}: {exc}")
-                self.later(0, lambda: phase("Failed"))
+            self.later(0, lambda: self._dv_status(ns, name, "ImportInProgress", progress="0.00%", bound=bound,
+                                                  ready=("False", "", "TransferRunning"),
+                                                  running=("True", "", "Pod is running")))
+            error = self._import(url, ns, name, request_mib, block)
+            if error is None:
+                self.later(0, lambda: self._dv_status(ns, name, "Succeeded", progress="100.0%", bound=bound,
+                                                      ready=("True", "", ""),
+                                                      running=("False", "Import Complete", "Completed")))
                 return
-            self.later(0, lambda: phase("Succeeded", "100.0%"))
+            self.errors.append(f"import {name}: {error}")
+            attempts[0] += 1
+            restarts = attempts[0]  # the container's restartCount once kubelet restarts it (OnFailure)
+            self.later(0, lambda: self._dv_status(ns, name, "ImportInProgress", progress="N/A", bound=bound,
+                                                  ready=("False", "", ""), running=("False", error, "Error"),
+                                                  restarts=restarts))
+            if restarts < MAX_IMPORTER_ATTEMPTS and self.store.exists(DV, ns, name):
+                time.sleep(self.step_s * 5 * restarts)  # kubelet's back-off, much shortened
+                if self.store.exists(DV, ns, name):
+                    self._work(importer)
         self._work(importer)
 
-    def _download(self, url: str, ns: str, name: str) -> Path | None:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            if self.download_dir is None:
-                while response.read(1 << 20):
-                    pass
-                return None
-            dest = self.download_dir / f"{ns}-{name}.img"
-            with open(dest, "wb") as fh:
-                while chunk := response.read(1 << 20):
-                    fh.write(chunk)
-            return dest
+    def _dv_status(self, ns: str, name: str, phase: str | None, *, bound: tuple[str, str, str],
+                   ready: tuple[str, str, str], running: tuple[str, str, str], progress: str = "N/A",
+                   restarts: int | None = None) -> None:
+        def mutate(o: Obj) -> None:
+            status = o.setdefault("status", {})
+            if phase is not None:
+                status["phase"], status["progress"] = phase, progress
+            if restarts is not None:
+                status["restartCount"] = restarts
+            for ctype, (value, message, reason) in (("Bound", bound), ("Ready", ready), ("Running", running)):
+                _dv_condition(status, ctype, value, message, reason)
+        self.store.update(DV, ns, name, mutate)
+
+    def _storage_class(self, storage: Obj) -> Obj | None:
+        classes = self.store.peek(STORAGE_CLASS, None)
+        wanted = storage.get("storageClassName")
+        for sc in classes:
+            annotations = sc["metadata"].get("annotations") or {}
+            if sc["metadata"]["name"] == wanted or (
+                    not wanted and annotations.get("storageclass.kubernetes.io/is-default-class") == "true"):
+                return sc
+        return None
+
+    def _binding_mode(self, storage: Obj) -> str:
+        sc = self._storage_class(storage)
+        return str((sc or {}).get("volumeBindingMode") or "Immediate")
+
+    def _claim_error(self, storage: Obj) -> str | None:
+        """renderPvcSpec's refusal for a claim without access modes (util.go getDefaultVolumeAndAccessMode)."""
+        if storage.get("accessModes"):
+            return None
+        sc = self._storage_class(storage)
+        if sc is None:
+            return "no accessMode specified and StorageClass not found"
+        profile = next((p for p in self.store.peek(STORAGE_PROFILE, None)
+                        if p["metadata"]["name"] == sc["metadata"]["name"]), None)
+        sets = ((profile or {}).get("status") or {}).get("claimPropertySets") or []
+        if sets and sets[0].get("accessModes"):
+            return None
+        return f"no accessMode specified in StorageProfile {sc['metadata']['name']}"
+
+    def _import(self, url: str, ns: str, name: str, request_mib: int, block: bool) -> str | None:
+        """Download the image like CDI's http importer; its termination message on failure."""
+        if not url:
+            return None
+        with tempfile.TemporaryDirectory(prefix="fake-cdi-") as tmp:
+            dest = Path(tmp) / "disk.img"
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as fh:
+                    while chunk := response.read(1 << 20):
+                        fh.write(chunk)
+            except urllib.error.HTTPError as exc:
+                # importer: errorCannotConnectDataSource + http-datasource.go's status check
+                return (f"Unable to connect to http data source: expected status code 200, got {exc.code}. "
+                        f"Status: {exc.code} {exc.reason}")
+            except (urllib.error.URLError, OSError) as exc:
+                return f"Unable to connect to http data source: {exc}"
+            info = subprocess.run(["qemu-img", "info", "--output=json", str(dest)], capture_output=True, text=True,
+                                  check=False, timeout=60)
+            if info.returncode != 0:
+                return f"Unable to process data: {info.stderr.strip()}"
+            size = int(json.loads(info.stdout)["virtual-size"])
+            # the PVC's usable space: its size less CDI's filesystem overhead (5.5 %, none on Block);
+            # pkg/image/qemu.go Validate's message, simplified by pkg/controller/util.go simplifyKnownMessage
+            usable = int(request_mib * MIB * (1.0 if block else 1 - FILESYSTEM_OVERHEAD))
+            if size > usable:
+                return "DataVolume too small to contain image"
+            if self.download_dir is not None:
+                shutil.copyfile(dest, self.download_dir / f"{ns}-{name}.img")
+        return None
 
     # kube-proxy -------------------------------------------------------------------------
     def _resolve_node_port(self, node_port: int) -> tuple[str, int] | None:

@@ -54,6 +54,9 @@ KINDS = [
          "v1alpha1.MigrationPolicy"),
     Kind("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume", True, "v1beta1.DataVolume"),
     Kind("cdi.kubevirt.io", "v1beta1", "cdis", "CDI", False, "v1beta1.CDI"),
+    # CDI's swagger.json (v1.66.0) defines no StorageProfile: not validated
+    Kind("cdi.kubevirt.io", "v1beta1", "storageprofiles", "StorageProfile", False),
+    Kind("storage.k8s.io", "v1", "storageclasses", "StorageClass", False),
 ]
 BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 
