@@ -125,5 +125,6 @@ def test_this_hosts_qemu_gets_what_its_version_needs(lab: QemuPlatform) -> None:
     assert _mem_total_kib(lab, vm) == _MEM_TOTAL[setting]
     lab.delete_vm(vm)
     if len(_MEM_TOTAL) == 2 and tcg_loses_dirty_pages(qemu_version()):
-        # the guest really got the 8 KiB (the kernel reserves nothing more for so little)
-        assert _MEM_TOTAL["auto"] - _MEM_TOTAL["off"] == TCG_DIRTY_SYNC_PAD_KIB
+        # the guest really got more RAM: up to the 8 KiB of the pad (the kernel may keep one of its
+        # two pages for itself: CI once saw MemTotal grow by 4 KiB, another run by 8 KiB)
+        assert 0 < _MEM_TOTAL["auto"] - _MEM_TOTAL["off"] <= TCG_DIRTY_SYNC_PAD_KIB
