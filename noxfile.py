@@ -49,7 +49,8 @@ BENCHMARKS = {
     "migration": "256 MiB guest, idle and dirtying: total, qemu downtime, guest-observed downtime, ratio.",
     "density": "The density ramp: capacity and per-step time to SSH, overhead, harness CPU.",
     "v2v": "premigrate per source: inspect, convert (vs bare qemu-img) and boot-proof seconds.",
-    "kubevirt": "Fake API server: per-event cost, event-to-record delay, create rate under qps/burst.",
+    "kubevirt": "Paper sim-kubevirt lab: create rate under qps/burst, vmiLatency, watch cost, write-to-record delay.",
+    "cloudinit": "Boots a Debian cloud image with virtproof's cloud-init: vp-memcheck, vp-dirty and usleep work.",
     "report": "10 runs, 1,000,000 samples, rendered as one comparison.",
     "controlplane": "sim-kubevirt lab up cold and warm (build cached); etcd and apiserver RSS idle and with N VMs.",
 }

@@ -34,11 +34,11 @@ from virtproof.lab.platform import GuestAccess, MigratablePlatform, MigrationPol
 from virtproof.scenarios.migration import MemcheckWorkload, MigrationSuite
 from virtproof.suites.engines.integrity import Cause, start_memcheck, verify_memcheck
 from virtproof.suites.engines.migration import (
-    SETTLE_S,
     GuestUnderTest,
     check_same_guest,
     guest_ssh,
     record_integrity,
+    settle_probers,
     start_probers,
     stop_probers,
 )
@@ -155,7 +155,7 @@ def _one_move(
             now = time.time()
             result = MigrationResult(guest.vm.name, guest.vm.node, target, False, policy.mode, now, now, 0.0,
                                      error=str(exc))  # fmt: skip
-        time.sleep(SETTLE_S)
+        settle_probers([(guest.probers.values(), result)])  # every path answered again, or the bound passed
     finally:
         stop_probers([guest])
     labels = {"vm": guest.vm.name, "mode": policy.mode, "dirty_mibps": f"{rate:g}", "bandwidth_mibps": f"{bandwidth:g}",

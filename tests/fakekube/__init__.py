@@ -6,18 +6,18 @@ The KubeVirt backend's own tests run on the real control plane (a sim-kubevirt l
 - CDI disk import (``tests/test_kubevirt_backend_cdi.py``): CDI is not in the sim-kubevirt lab
   (the control-plane build has no CDI, and its importer is a pod that needs a container
   runtime), so only this fake fills DataVolumes.
-- ``tests/test_kubevirt_e2e.py`` (``FakeCluster``, ``fixtures.open_platform``,
-  ``qemu_guests.QemuGuests``), being ported to the sim-kubevirt lab by its owner, and
-  ``benchmarks/bench_kubevirt.py`` (``controllers=False``, ``store.now_rfc3339``): delete
-  what they import once they no longer do.
+
+Nothing else imports it: the end-to-end tests (``tests/test_kubevirt_e2e.py``) and
+``benchmarks/bench_kubevirt.py`` run on a sim-kubevirt lab, and the fake's qemu guest runner
+is gone with them. The fake goes when CDI joins the lab.
 
 Faults of the real server once played here (422 from schemas and webhooks, 410 Gone, missing
 permissions, KubeVirt not Available, a single node) are now produced by the real components.
 
 The API server is real HTTP on 127.0.0.1 (the real ``kubernetes`` client talks to it); objects
 are validated against the KubeVirt and CDI schemas bundled in ``lab/kubevirt/schemas``;
-controllers advance them like KubeVirt; a ``GuestRunner`` plays virt-handler (nothing, or real
-qemu guests); NodePorts are real listeners on 127.0.0.1 forwarding to the guest.
+controllers advance them like KubeVirt and CDI; a ``GuestRunner`` plays virt-handler (``NoGuest``:
+nothing runs); NodePorts are real listeners on 127.0.0.1 forwarding to the guest.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """What runs behind a fake VMI: the fake cluster's virt-handler side.
 
-``GuestRunner`` starts, migrates and stops the guest of a VMI. ``NoGuest`` runs nothing (for
-API-only tests and the benchmark: nothing answers on the guest ports). ``QemuGuests`` (in
-``qemu_guests.py``) boots the real micro guest under qemu per VMI through the qemu lab.
+``GuestRunner`` starts, migrates and stops the guest of a VMI. ``NoGuest`` runs nothing (the
+CDI tests are API-only: nothing answers on the guest ports).
 """
 
 from __future__ import annotations
