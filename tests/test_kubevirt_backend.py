@@ -50,7 +50,7 @@ from virtproof.reports.results import Sample, SampleSink, new_run_id, read_sampl
 from virtproof.scenarios.model import Scenario
 from virtproof.suites.engines.migration import migration_unavailable
 
-from controlplane_support import control_plane
+from controlplane_support import control_plane, wait_until
 
 pytestmark = [pytest.mark.slow]
 
@@ -130,14 +130,7 @@ def _run_id(request: pytest.FixtureRequest) -> str:
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {value!r})")
-        time.sleep(0.3)
+    return wait_until(what, check, timeout, 0.3)
 
 
 @contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from virtproof.lab.simnodes.kube import Kube, Obj, path_of
 from virtproof.reports.results import new_run_id
 from virtproof.scenarios.model import Scenario
 
-from controlplane_support import control_plane
+from controlplane_support import control_plane, wait_until
 
 pytestmark = [pytest.mark.slow]
 
@@ -48,14 +47,7 @@ def lab(module_root: None) -> Iterator[tuple[SimKubeVirtLabHandle, Kube]]:
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float = 600.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {value!r})")
-        time.sleep(1.0)
+    return wait_until(what, check, timeout, 1.0)
 
 
 def _vm(i: int) -> Obj:
