@@ -442,6 +442,48 @@ def test_a_migration_that_fails_before_the_hand_off_ends_on_its_failed_phase(
     assert vm.node == source and platform.wait_running(vm, 5).name == "running" and vm.alive()
 
 
+def test_an_evacuation_migration_that_fails_before_the_hand_off_ends_the_wait(
+        lab: Lab, platform: KubeVirtPlatform) -> None:
+    """The evacuation's migration is virt-controller's own (kubevirt-evacuation-*, without the
+    run's label). When it fails before the hand-off (its target pod unschedulable: the other node
+    is full) nothing reaches the VMI's migrationState, so the evacuation must end on that
+    object's Failed phase with its reason, not at its timeout."""
+    vm = platform.create_vm(VMSpec(name="evfail-1", node="node0"))
+    platform.wait_running(vm, 120)
+    assert vm.node == "node0"
+    filler = {"metadata": {"name": "filler", "labels": {"virtproof.io/test": "filler"}},
+              "spec": {"nodeName": "node1", "containers": [{
+                  "name": "c", "image": "registry.invalid/filler",
+                  "resources": {"requests": {"cpu": "31900m", "memory": "127Gi"}}}]}}
+    lab.core.create_namespaced_pod(platform.namespace, filler)
+    timeout_s = 240.0
+    outcome: list[list[MigrationResult]] = []
+    try:
+        started = time.monotonic()
+        drainer = threading.Thread(target=lambda: outcome.append(platform.evacuate("node0", timeout=timeout_s)))
+        drainer.start()
+        names = _wait("virt-controller's evacuation migration", lambda: [
+            m["metadata"]["name"] for m in lab.custom.list_namespaced_custom_object(
+                VMIM.group, VMIM.version, platform.namespace, VMIM.plural)["items"]
+            if m["metadata"]["name"].startswith("kubevirt-evacuation-")], 90)
+        # KubeVirt's per-migration timeout for an unschedulable target pod, shortened to 1 s
+        lab.custom.patch_namespaced_custom_object(
+            VMIM.group, VMIM.version, platform.namespace, VMIM.plural, names[0],
+            {"metadata": {"annotations": {"kubevirt.io/migrationUnschedulablePodTimeoutSeconds": "1"}}})
+        drainer.join(timeout_s + 90)
+        elapsed = time.monotonic() - started
+    finally:
+        lab.core.delete_namespaced_pod("filler", platform.namespace, grace_period_seconds=0)
+    assert outcome, "evacuate() did not return"
+    assert elapsed < timeout_s / 2, f"the wait ran {elapsed:.0f} s of its {timeout_s:.0f} s timeout: {outcome}"
+    [result] = outcome[0]
+    assert not result.ok and result.error is not None
+    assert re.search(rf"evacuation migration {names[0]} Failed before the hand-off after phase (Scheduling|Pending)",
+                     result.error), result.error
+    assert "not finished" not in result.error  # not the timeout path
+    assert not lab.core.read_node("node0").spec.unschedulable  # uncordoned again
+
+
 def test_evictions_that_start_no_migration_end_the_evacuation_at_once(lab: Lab, platform: KubeVirtPlatform) -> None:
     """Three launcher pods on node0 whose eviction starts no live migration, each answered its own
     way by the real API server, and an evacuation that ends at once with each reason:

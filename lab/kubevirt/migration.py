@@ -238,7 +238,14 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
                     return False
             return True
 
-        done = p.recorder.wait_for(moved, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            done = p.recorder.wait_for(moved, max(0.0, min(_EVACUATION_POLL_S, left)))
+            if done or left <= _EVACUATION_POLL_S:
+                break
+            waiting = [vm.name for vm in vms if vm.name not in refused]
+            refused.update(failed_evacuations(p, waiting, requested))
         results = []
         for vm in vms:
             state = dict(vm.record.migration_state)
@@ -252,6 +259,55 @@ def evacuate(p: KubeVirtPlatform, node: str, timeout: float, uncordon_after: boo
     finally:
         if uncordon_after:
             _cordon(p, node, False)
+
+
+# virt-controller's evacuation controller makes the evacuation's migrations itself: named
+# "kubevirt-evacuation-<random>", the annotation kubevirt.io/evacuationMigration (the node's name)
+# and, once the migration controller has seen them, the label kubevirt.io/vmi-name
+# (pkg/virt-controller/watch/drain/evacuation/evacuation.go GenerateNewMigration;
+# watch/migration/migration.go, MigrationSelectorLabel; KubeVirt v1.9.0). They do not carry the
+# run's label, so the platform's informer does not see them: while an evacuation waits, they are
+# listed every _EVACUATION_POLL_S seconds, and one that Failed before the hand-off (nothing of it
+# on the VMI's migrationState, which would end the wait by itself) ends that VMI's wait with the
+# reason. virt-controller would make another after a backoff (20 s, doubling: handleMigrationBackoff);
+# a failed attempt is what a drain gate must see, so it is reported, not waited out.
+EVACUATION_ANNOTATION = "kubevirt.io/evacuationMigration"
+VMI_NAME_LABEL = "kubevirt.io/vmi-name"
+_EVACUATION_POLL_S = 2.0
+
+
+def failed_evacuations(p: KubeVirtPlatform, vmis: list[str], since: float) -> dict[str, str]:
+    """VMI -> why: evacuation migrations of these VMIs made since ``since`` (epoch s; the objects'
+    creationTimestamp is whole seconds) that Failed before the hand-off."""
+    if not vmis:
+        return {}
+    selector = f"{VMI_NAME_LABEL} in ({','.join(sorted(vmis))})"
+    try:
+        found = p.kube.list_objects(VMIM, p.namespace, label_selector=selector)
+    except ApiException as exc:
+        log.warning("listing the evacuation's migrations: %s", p._api_error(exc))
+        return {}
+    failed: dict[str, str] = {}
+    for mig in found:
+        meta, status = mig.get("metadata") or {}, mig.get("status") or {}
+        if EVACUATION_ANNOTATION not in (meta.get("annotations") or {}) or status.get("phase") != "Failed":
+            continue
+        created = parse_time(meta.get("creationTimestamp"))
+        if created is None or created < int(since):
+            continue
+        vmi = str((mig.get("spec") or {}).get("vmiName") or "")
+        vm = p.vms.get(vmi)
+        if vmi not in vmis or (vm is not None and vm.record.migration_state.get("migrationUid") == meta.get("uid")):
+            continue  # handed off: the VMI's migrationState ends the wait, with its own failureReason
+        reached = [str(t.get("phase")) for t in status.get("phaseTransitionTimestamps") or []
+                   if t.get("phase") not in (None, "Failed")]
+        where = f" after phase {reached[-1]}" if reached else ""
+        messages = [str(c.get("message") or c.get("reason") or "") for c in status.get("conditions") or []
+                    if c.get("status") == "True"]
+        why = next((m for m in messages if m), "virt-controller gave no reason on the object (see its Events)")
+        failed[vmi] = (f"evacuation migration {meta.get('name')} Failed before the hand-off{where}: {why} "
+                       "(KubeVirt tries again after a backoff; this is the first attempt's outcome)")
+    return failed
 
 
 @dataclass(frozen=True)
