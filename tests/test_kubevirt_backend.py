@@ -396,6 +396,27 @@ def _vm_not_made_by_create_vm(platform: KubeVirtPlatform, spec: VMSpec,
     return vm
 
 
+@contextmanager
+def _node_filled(lab: Lab, platform: KubeVirtPlatform, node: str) -> Iterator[None]:
+    """A pod bound to ``node`` asking for all of it: no migration target pod can be scheduled there."""
+    filler = {"metadata": {"name": "filler", "labels": {"virtproof.io/test": "filler"}},
+              "spec": {"nodeName": node, "containers": [{
+                  "name": "c", "image": "registry.invalid/filler",
+                  "resources": {"requests": {"cpu": "31900m", "memory": "127Gi"}}}]}}
+    lab.core.create_namespaced_pod(platform.namespace, filler)
+    try:
+        yield
+    finally:
+        lab.core.delete_namespaced_pod("filler", platform.namespace, grace_period_seconds=0)
+
+
+def _time_out_unschedulable(lab: Lab, platform: KubeVirtPlatform, migration: str) -> None:
+    """KubeVirt's own per-migration timeout for an unschedulable target pod, shortened to 1 s."""
+    lab.custom.patch_namespaced_custom_object(
+        VMIM.group, VMIM.version, platform.namespace, VMIM.plural, migration,
+        {"metadata": {"annotations": {"kubevirt.io/migrationUnschedulablePodTimeoutSeconds": "1"}}})
+
+
 def test_a_migration_that_fails_before_the_hand_off_ends_on_its_failed_phase(
         lab: Lab, platform: KubeVirtPlatform) -> None:
     """virt-controller fails a migration whose target pod stays unschedulable past
@@ -408,28 +429,18 @@ def test_a_migration_that_fails_before_the_hand_off_ends_on_its_failed_phase(
     platform.wait_running(vm, 120)
     source = vm.node
     target = next(n for n in platform.nodes() if n != source)
-    filler = {"metadata": {"name": "filler", "labels": {"virtproof.io/test": "filler"}},
-              "spec": {"nodeName": target, "containers": [{
-                  "name": "c", "image": "registry.invalid/filler",
-                  "resources": {"requests": {"cpu": "31900m", "memory": "127Gi"}}}]}}
-    lab.core.create_namespaced_pod(platform.namespace, filler)
     timeout_s = 240.0
     outcome: list[MigrationResult] = []
-    try:
+    with _node_filled(lab, platform, target):
         started = time.monotonic()
         mover = threading.Thread(target=lambda: outcome.append(
             platform.migrate(vm, target, MigrationPolicy(timeout_s=timeout_s))))
         mover.start()
         name = "prefail-1-mig-1"
         _wait("the migration object", lambda: platform.kube.get(VMIM, name, platform.namespace), 60)
-        # KubeVirt's own per-migration timeout for an unschedulable target pod, shortened to 1 s
-        lab.custom.patch_namespaced_custom_object(
-            VMIM.group, VMIM.version, platform.namespace, VMIM.plural, name,
-            {"metadata": {"annotations": {"kubevirt.io/migrationUnschedulablePodTimeoutSeconds": "1"}}})
+        _time_out_unschedulable(lab, platform, name)
         mover.join(timeout_s + 90)
         elapsed = time.monotonic() - started
-    finally:
-        lab.core.delete_namespaced_pod("filler", platform.namespace, grace_period_seconds=0)
     assert outcome, "migrate() did not return"
     result = outcome[0]
     assert elapsed < timeout_s / 2, f"the wait ran {elapsed:.0f} s of its {timeout_s:.0f} s timeout: {result}"
@@ -451,14 +462,9 @@ def test_an_evacuation_migration_that_fails_before_the_hand_off_ends_the_wait(
     vm = platform.create_vm(VMSpec(name="evfail-1", node="node0"))
     platform.wait_running(vm, 120)
     assert vm.node == "node0"
-    filler = {"metadata": {"name": "filler", "labels": {"virtproof.io/test": "filler"}},
-              "spec": {"nodeName": "node1", "containers": [{
-                  "name": "c", "image": "registry.invalid/filler",
-                  "resources": {"requests": {"cpu": "31900m", "memory": "127Gi"}}}]}}
-    lab.core.create_namespaced_pod(platform.namespace, filler)
     timeout_s = 240.0
     outcome: list[list[MigrationResult]] = []
-    try:
+    with _node_filled(lab, platform, "node1"):
         started = time.monotonic()
         drainer = threading.Thread(target=lambda: outcome.append(platform.evacuate("node0", timeout=timeout_s)))
         drainer.start()
@@ -466,14 +472,9 @@ def test_an_evacuation_migration_that_fails_before_the_hand_off_ends_the_wait(
             m["metadata"]["name"] for m in lab.custom.list_namespaced_custom_object(
                 VMIM.group, VMIM.version, platform.namespace, VMIM.plural)["items"]
             if m["metadata"]["name"].startswith("kubevirt-evacuation-")], 90)
-        # KubeVirt's per-migration timeout for an unschedulable target pod, shortened to 1 s
-        lab.custom.patch_namespaced_custom_object(
-            VMIM.group, VMIM.version, platform.namespace, VMIM.plural, names[0],
-            {"metadata": {"annotations": {"kubevirt.io/migrationUnschedulablePodTimeoutSeconds": "1"}}})
+        _time_out_unschedulable(lab, platform, names[0])
         drainer.join(timeout_s + 90)
         elapsed = time.monotonic() - started
-    finally:
-        lab.core.delete_namespaced_pod("filler", platform.namespace, grace_period_seconds=0)
     assert outcome, "evacuate() did not return"
     assert elapsed < timeout_s / 2, f"the wait ran {elapsed:.0f} s of its {timeout_s:.0f} s timeout: {outcome}"
     [result] = outcome[0]
