@@ -136,8 +136,16 @@ def _migrate(lab: Lab, name: str) -> tuple[Obj, float]:
             "metadata": {"generateName": f"{name}-", "namespace": NS}, "spec": {"vmiName": name}}
     started = time.monotonic()
     mig = lab.admin.create(path_of(*MIG_PATH, NS), body)
-    done = lab.wait("VMIM final", lambda: (m := lab.get(*MIG_PATH, name=mig["metadata"]["name"])).get(
-        "status", {}).get("phase") in ("Succeeded", "Failed") and m)
+    def final() -> Obj | None:
+        m = lab.get(*MIG_PATH, name=mig["metadata"]["name"])
+        status = m.get("status") or {}
+        # virt-controller copies the VMI's finalized migrationState onto the object in a sync after
+        # the one that set the final phase (KubeVirt v1.9.0 pkg/virt-controller/watch/migration/
+        # migration.go, "Store the finalized migration state"): wait for it too.
+        copied = (status.get("migrationState") or {}).get("endTimestamp")
+        return m if status.get("phase") == "Failed" or (status.get("phase") == "Succeeded" and copied) else None
+
+    done: Obj = lab.wait("VMIM final, its migrationState stored", final)
     return done, time.monotonic() - started
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -61,9 +62,16 @@ def _vm(i: int) -> Obj:
                 "volumes": [{"name": "root", "containerDisk": {"image": "registry.invalid/virtproof/micro:latest"}}]}}}}
 
 
-def _status(handle: SimKubeVirtLabHandle) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((handle.paths.root / "agent" / "status.json").read_text())
-    return data
+def _status_after(handle: SimKubeVirtLabHandle, moment: float) -> dict[str, Any]:
+    """The agent's status file as it writes it next after ``moment`` (every 10 s, atomically)."""
+    path = handle.paths.root / "agent" / "status.json"
+
+    def fresh() -> dict[str, Any] | None:
+        data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        return data if data.get("written", 0) >= moment else None
+
+    found: dict[str, Any] = _wait("the agent's status written after the moves", fresh)
+    return found
 
 
 def test_paper_vms_run_migrate_and_go(lab: tuple[SimKubeVirtLabHandle, Kube]) -> None:
@@ -90,7 +98,7 @@ def test_paper_vms_run_migrate_and_go(lab: tuple[SimKubeVirtLabHandle, Kube]) ->
     for name, source in moved.items():
         vmi = admin.get(f"{vmis}/{name}")
         assert vmi["status"]["nodeName"] != source and vmi["status"]["migrationState"]["completed"]
-    status = _status(handle)
+    status = _status_after(handle, time.time())
     assert status["paper"] and status["guests_running"] == VMS
     assert status["requests"].get("GET", 0) < 3 * NODES + 50  # informers, not polls: reads stay flat
     for vm in admin.get(path_of("kubevirt.io", "v1", "virtualmachines", NS))["items"]:

@@ -5,7 +5,7 @@ node, Nodes, and (for the proxy) Services and EndpointSlices; their events queue
 sync a pod as the kubelet (``kubelet.py``) and a VMI as virt-handler (``handler.py``), writing
 with the node's own identities (``identity.py``); the node keeper renews Leases and heartbeats
 (``leases.py``); the NodePort proxy (``proxy.py``) relays Service traffic to guests. The agent
-writes ``agent/status.json`` (its CPU time, requests, VMIs, guests) every 10 s and at exit.
+writes ``agent/status.json`` (when written, its CPU time, requests, VMIs, guests) every 10 s and at exit.
 
 Stopping (SIGTERM/SIGINT): informers and workers stop, every guest the agent started is
 stopped (qemu processes, taps, L2 leases), the nodes are labelled unschedulable as virt-handler
@@ -228,6 +228,7 @@ class Agent:
             "pid": os.getpid(),
             "lab_id": self.cfg.lab_id,
             "paper": self.cfg.paper,
+            "written": round(time.time(), 3),  # epoch s: a reader waits for a status newer than its event
             "uptime_s": round(time.time() - self.started, 1),
             "cpu_user_s": round(usage.ru_utime, 3),
             "cpu_system_s": round(usage.ru_stime, 3),
