@@ -268,8 +268,11 @@ def test_a_sigkilled_owners_lab_is_removed_by_lab_clean(lab: Lab, tmp_path: Path
     path.write_text(yaml.safe_dump({"name": "cp-killed", "lab": {"kind": "sim-kubevirt", "paper": True, "nodes": 1},
                                     "suites": {"boot": {}}}))
     lab_id = f"cpkilled-{new_run_id()}"
+    # The kubernetes client writes a kubeconfig's embedded key and certificates to temporary files
+    # and removes them at exit (config/kube_config.py, atexit): a SIGKILLed owner cannot, so its
+    # temporary directory is this test's, not /tmp.
     owner = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, str(path), lab_id], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert owner.stdout is not None
     seen = []
     deadline = time.monotonic() + 600
@@ -325,6 +328,9 @@ def test_down_leaves_no_process_namespace_or_state(lab: Lab) -> None:
     lab_id, marker = lab.handle.lab_id, lab.paths.marker
     pids = lab_processes(marker)
     assert len(pids) == len(COMPONENT_NAMES)
+    # virt-api's temporary certificate directory (never removed by virt-api) is in the lab's
+    # directory, which goes below, not in /tmp where it would outlive the lab
+    assert list((lab.paths.root / "tmp").glob("certsdir*"))
     removed = lab.handle.down()
     assert any(r.startswith("kube-apiserver ") for r in removed)
     assert not lab_processes(marker) and not any(pid_alive(p) for p in pids)

@@ -123,8 +123,11 @@ def browser(tmp_path: Path) -> Iterator[Page]:
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
     log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 - closed in finally
+    # chromium keeps its own org.chromium.Chromium.* directory under TMPDIR, beside the profile,
+    # and leaves it when it is killed: give it this test's
     proc = subprocess.Popen([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
     ws = None
     try:
         port_file = profile / "DevToolsActivePort"

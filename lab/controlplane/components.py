@@ -311,9 +311,14 @@ def running_pid(paths: LabPaths, name: str) -> int | None:
     return pid
 
 
-def _process_env() -> dict[str, str]:
+def _process_env(paths: LabPaths) -> dict[str, str]:
+    """A component's environment: the few variables it needs, and TMPDIR inside the lab's
+    directory, so what it leaves there (virt-api's ``certsdir*`` from os.MkdirTemp, never
+    removed: KubeVirt v1.9.0 pkg/virt-api/api.go) goes with the lab instead of staying in /tmp."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
-    return {k: v for k, v in os.environ.items() if k in keep}
+    tmp = paths.root / "tmp"
+    tmp.mkdir(mode=0o700, exist_ok=True)
+    return {**{k: v for k, v in os.environ.items() if k in keep}, "TMPDIR": str(tmp)}
 
 
 def spawn(paths: LabPaths, name: str, argv: Sequence[str], *, pidfile: Path | None = None, log: Path | None = None,
@@ -328,7 +333,7 @@ def spawn(paths: LabPaths, name: str, argv: Sequence[str], *, pidfile: Path | No
     logf = open(log or paths.log(name), "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                cwd=paths.root, env=_process_env() if env is None else env,
+                                cwd=paths.root, env=_process_env(paths) if env is None else env,
                                 start_new_session=True, close_fds=True)
     except OSError as exc:
         raise ComponentError(f"cannot start {name}: {exc}") from None
