@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from virtproof.lab.kubevirt import manifests
 from virtproof.lab.kubevirt.resources import MIGRATION_POLICY, VM_LABEL, VMI, VMIM
-from virtproof.lab.kubevirt.timeline import parse_time
+from virtproof.lab.kubevirt.timeline import MigrationRecord, parse_time
 from virtproof.lab.platform import Capability, MigrationPolicy, MigrationResult, PlatformError, require
 
 if TYPE_CHECKING:
@@ -168,10 +168,7 @@ def migrate(p: KubeVirtPlatform, vm: KubeVirtVM, target: str, policy: MigrationP
                 # gone or down, another migration of the VMI in flight: updateStatus in
                 # pkg/virt-controller/watch/migration/migration.go) and says why only in an Event;
                 # the object keeps the phase it had reached.
-                reached = [ph for ph in phases if ph != "Failed"]
-                where = f" after phase {reached[-1]}" if reached else ""
-                why = own.reason or "virt-controller gave no reason on the object (see its Events)"
-                error = f"migration {name} Failed before the hand-off{where}: {why}"
+                error = own.failed_before_hand_off("migration")
     return _result(vm, source, target, policy, state, phases, requested, error, observed_end)
 
 
@@ -289,24 +286,20 @@ def failed_evacuations(p: KubeVirtPlatform, vmis: list[str], since: float) -> di
         return {}
     failed: dict[str, str] = {}
     for mig in found:
-        meta, status = mig.get("metadata") or {}, mig.get("status") or {}
-        if EVACUATION_ANNOTATION not in (meta.get("annotations") or {}) or status.get("phase") != "Failed":
+        meta = mig.get("metadata") or {}
+        record = MigrationRecord(str(meta.get("name")), str((mig.get("spec") or {}).get("vmiName") or ""))
+        record.update(mig.get("status") or {})
+        if EVACUATION_ANNOTATION not in (meta.get("annotations") or {}) or record.phase != "Failed":
             continue
         created = parse_time(meta.get("creationTimestamp"))
         if created is None or created < int(since):
             continue
-        vmi = str((mig.get("spec") or {}).get("vmiName") or "")
-        vm = p.vms.get(vmi)
-        if vmi not in vmis or (vm is not None and vm.record.migration_state.get("migrationUid") == meta.get("uid")):
+        vm = p.vms.get(record.vmi)
+        handed_off = vm is not None and vm.record.migration_state.get("migrationUid") == meta.get("uid")
+        if record.vmi not in vmis or handed_off:
             continue  # handed off: the VMI's migrationState ends the wait, with its own failureReason
-        reached = [str(t.get("phase")) for t in status.get("phaseTransitionTimestamps") or []
-                   if t.get("phase") not in (None, "Failed")]
-        where = f" after phase {reached[-1]}" if reached else ""
-        messages = [str(c.get("message") or c.get("reason") or "") for c in status.get("conditions") or []
-                    if c.get("status") == "True"]
-        why = next((m for m in messages if m), "virt-controller gave no reason on the object (see its Events)")
-        failed[vmi] = (f"evacuation migration {meta.get('name')} Failed before the hand-off{where}: {why} "
-                       "(KubeVirt tries again after a backoff; this is the first attempt's outcome)")
+        failed[record.vmi] = (f"{record.failed_before_hand_off('evacuation migration')} "
+                              "(KubeVirt tries again after a backoff; this is the first attempt's outcome)")
     return failed
 
 

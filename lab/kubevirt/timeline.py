@@ -43,6 +43,25 @@ class MigrationRecord:
     deleted: bool = False
     reason: str = ""  # why it failed: status.migrationState.failureReason, else a condition's message
 
+    def update(self, status: Obj) -> None:
+        """Take what a VirtualMachineInstanceMigration's ``status`` says: phases, phase, reason."""
+        for item in status.get("phaseTransitionTimestamps") or []:
+            ts = parse_time(item.get("phaseTransitionTimestamp"))
+            if ts is not None and item.get("phase"):
+                self.phases.setdefault(str(item["phase"]), ts)
+        self.phase = str(status.get("phase") or self.phase)
+        state = status.get("migrationState") or {}
+        messages = [str(c.get("message") or c.get("reason") or "") for c in status.get("conditions") or []
+                    if c.get("status") == "True"]
+        self.reason = str(state.get("failureReason") or next((m for m in messages if m), self.reason))
+
+    def failed_before_hand_off(self, what: str) -> str:
+        """The error of a migration that Failed before the hand-off: the phase it had reached and why."""
+        reached = [ph for ph in self.phases if ph != "Failed"]
+        where = f" after phase {reached[-1]}" if reached else ""
+        why = self.reason or "virt-controller gave no reason on the object (see its Events)"
+        return f"{what} {self.name} Failed before the hand-off{where}: {why}"
+
 
 @dataclass
 class VMRecord:
@@ -215,15 +234,7 @@ class Recorder:
                 self.migrations[name] = record
             if kind == "DELETED":
                 record.deleted = True
-            for item in status.get("phaseTransitionTimestamps") or []:
-                ts = parse_time(item.get("phaseTransitionTimestamp"))
-                if ts is not None and item.get("phase"):
-                    record.phases.setdefault(str(item["phase"]), ts)
-            record.phase = str(status.get("phase") or record.phase)
-            state = status.get("migrationState") or {}
-            messages = [str(c.get("message") or c.get("reason") or "") for c in status.get("conditions") or []
-                        if c.get("status") == "True"]
-            record.reason = str(state.get("failureReason") or next((m for m in messages if m), record.reason))
+            record.update(status)
             self.cond.notify_all()
         self._account(start, received)
 

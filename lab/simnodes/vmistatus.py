@@ -111,6 +111,9 @@ def _volumes_check(vmi: Obj) -> tuple[bool, str | None]:
                               "PVCs must be shared (using ReadWriteMany access mode)")
             continue
         if "hostDisk" in volume:
+            # HostDisk.shared: KubeVirt's boolean API field ("whether the path is shared between
+            # nodes", v1.HostDisk in the bundled lab/kubevirt/schemas/kubevirt-v1.9.0-openapi.json.gz),
+            # not a path: nothing here reads outside the repository
             if not (volume["hostDisk"] or {}).get("shared"):
                 return True, "cannot migrate VMI with non-shared HostDisk"
             continue
